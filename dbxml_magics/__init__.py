@@ -1,0 +1,44 @@
+"""dbxml-magics: link a notebook session to Azure Machine Learning through MLflow.
+
+`%load_ext dbxml_magics` registers %%track, %aml_link, %aml_unlink, %aml_register,
+%aml_score, %aml_sync and %aml_panel on one Session per shell. Loading imports nothing
+heavy: mlflow, pyspark, azureml and ipywidgets are imported where first needed.
+"""
+
+__version__ = "0.1.0"
+__all__ = ["load_ipython_extension", "unload_ipython_extension", "__version__"]
+
+_loaded: dict[int, object] = {}
+
+
+def load_ipython_extension(ipython) -> None:
+    from .magics import DbxmlMagics
+    from .session import Session
+
+    if id(ipython) in _loaded:
+        return
+    magics = DbxmlMagics(shell=ipython, session=None)
+    session = Session(magics, shell_key=id(ipython), namespace=ipython.user_ns)
+    magics.session = session
+    ipython.register_magics(magics)
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)
+    # Settings given with %config before loading apply now.
+    magics.update_config(ipython.config)
+    _loaded[id(ipython)] = magics
+
+
+def unload_ipython_extension(ipython) -> None:
+    magics = _loaded.pop(id(ipython), None)
+    if magics is None:
+        return
+    magics.session.close()
+    from .panel import close_panel
+
+    close_panel(magics.session)
+    for kind, names in magics.magics.items():
+        for name in names:
+            ipython.magics_manager.magics[kind].pop(name, None)
+    ipython.magics_manager.registry.pop(type(magics).__name__, None)
+    if magics in ipython.configurables:
+        ipython.configurables.remove(magics)

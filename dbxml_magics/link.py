@@ -1,0 +1,203 @@
+"""Where runs go: a Link is a primary tracking target plus an optional mirror."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import LinkError
+from .masking import mask_uri
+
+__all__ = ["Target", "Link", "MODES", "aml_experiment_name", "link_from_args", "target_from_uri", "probe_target"]
+
+MODES = ("aml-only", "both")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One tracking store.
+
+    `uri` is what MLflow is given (it may carry credentials, so it is never displayed);
+    `display` is the masked form shown to users. `credential` is an Azure credential for
+    `azureml://` targets and stays out of every repr.
+    """
+
+    uri: str
+    kind: str  # "embedded", "uri", "databricks", "aml"
+    registry_uri: str | None = None
+    artifact_root: str | None = None
+    workspace: str | None = None
+    studio_url: str | None = None
+    credential: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def display(self) -> str:
+        return mask_uri(self.uri)
+
+    def __repr__(self) -> str:
+        extra = f", workspace={self.workspace!r}" if self.workspace else ""
+        return f"Target(kind={self.kind!r}, uri={self.display!r}{extra})"
+
+
+@dataclass(frozen=True)
+class Link:
+    """The session's answer to "where do runs go": mode, primary, mirror, experiment."""
+
+    mode: str  # "default", "local", "uri", "aml-only", "both"
+    primary: Target
+    mirror: Target | None = None
+    experiment: str | None = None
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return (self.primary, self.mirror) if self.mirror else (self.primary,)
+
+    def __repr__(self) -> str:
+        mirror = self.mirror.display if self.mirror else None
+        return (
+            f"Link(mode={self.mode!r}, primary={self.primary.display!r}, "
+            f"mirror={mirror!r}, experiment={self.experiment!r})"
+        )
+
+    def _repr_pretty_(self, printer, cycle):
+        printer.text(repr(self))
+
+
+def aml_experiment_name(name: str, rule: str = "basename") -> str:
+    """Map a Databricks-style experiment path to a name AML can find again.
+
+    AML creates experiments whose names contain "/" but cannot look them up by name, so
+    `/Users/<user>/<folder>/<name>` becomes `<name>` ("basename") or `<folder>-<name>`
+    ("flatten"). Plain names pass unchanged.
+    """
+    if "/" not in name:
+        return name
+    segments = [s for s in name.split("/") if s]
+    if len(segments) >= 2 and segments[0] in ("Users", "Shared", "Repos"):
+        segments = segments[2:] if segments[0] != "Shared" else segments[1:]
+    if not segments:
+        return "Default"
+    return segments[-1] if rule == "basename" else "-".join(segments)
+
+
+_URI_SCHEMES = ("http", "https", "databricks", "sqlite", "file", "azureml", "postgresql", "mysql", "mssql")
+
+
+def link_from_args(session, args) -> Link | None:
+    """Validate a %aml_link request, probe its stores, then switch; on any failure nothing changes."""
+    sources = [
+        name
+        for name, given in (
+            ("--local", args.local is not None),
+            ("--uri", args.uri is not None),
+            ("--config", args.config is not None),
+            ("-s/-g/-w", any((args.subscription, args.resource_group, args.workspace))),
+        )
+        if given
+    ]
+    if len(sources) > 1:
+        raise LinkError(f"Choose one of {', '.join(sources)}: they name different stores.")
+    if not sources:
+        if args.mode or args.experiment:
+            raise LinkError("Say where to link: --local, --uri URI, --config, or -s/-g/-w. Without options the panel shows.")
+        return None
+    current = session.activate()
+    if args.local is not None:
+        target = session.embedded_target(args.local or None)
+        _prepare_embedded(target)
+    elif args.uri is not None:
+        target = target_from_uri(args.uri, session, args)
+    else:
+        from .workspace import resolve_workspace_target
+
+        target = resolve_workspace_target(args, session.settings)
+    mode = args.mode or ("aml-only" if target.kind == "aml" else "local" if target.kind == "embedded" else "uri")
+    experiment = args.experiment or current.experiment
+    if mode == "both":
+        primary = current.primary
+        if primary.display == target.display:
+            raise LinkError(f"--mode both needs a mirror other than the current store ({primary.display}).")
+        new = Link(mode="both", primary=primary, mirror=target, experiment=experiment)
+    else:
+        new = Link(mode=mode, primary=target, experiment=experiment)
+    for store in new.targets:
+        probe_target(store)
+    return session.apply_link(new)
+
+
+def target_from_uri(uri: str, session=None, args=None) -> Target:
+    """A Target for any MLflow tracking URI; a malformed or unsupported URI is one clear line."""
+    from urllib.parse import urlsplit
+
+    uri = uri.strip()
+    scheme = "databricks" if uri.startswith("databricks") else urlsplit(uri).scheme
+    if scheme not in _URI_SCHEMES:
+        raise LinkError(
+            f"Unsupported tracking URI {mask_uri(uri)!r}: use http(s)://host:port, databricks, sqlite:///path.db, "
+            "file:///folder or azureml://..."
+        )
+    if scheme in ("http", "https") and not urlsplit(uri).hostname:
+        raise LinkError(f"The URI {mask_uri(uri)!r} has no host. Example: --uri http://127.0.0.1:5000")
+    if scheme == "azureml":
+        from .workspace import target_from_azureml_uri
+
+        return target_from_azureml_uri(uri, args, session.settings if session else None)
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        if not path:
+            raise LinkError(f"The URI {mask_uri(uri)!r} names no file. Example: --uri sqlite:///runs/mlflow.db")
+        from pathlib import Path
+
+        folder = Path(path).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise LinkError(f"The folder {folder} of {mask_uri(uri)!r} does not exist. Create it first.")
+        return Target(uri=uri, kind="uri", artifact_root=(folder / "mlruns").as_uri())
+    if scheme == "databricks":
+        return Target(uri=uri, kind="databricks")
+    return Target(uri=uri, kind="uri")
+
+
+def _prepare_embedded(target: Target) -> None:
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    folder = Path(target.uri[len("sqlite:///") :]).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        Path(urlsplit(target.artifact_root).path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LinkError(f"Cannot create the embedded store in {folder} ({exc.strerror}). Choose another PATH.") from None
+
+
+def probe_target(target: Target, timeout: float = 5.0) -> None:
+    """Talk to the store once (quickly, no long retries) so a bad link fails before it is made."""
+    import os
+
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
+
+    builder = registry.get_store_builder(target.uri)
+    while hasattr(builder, "inner"):
+        builder = builder.inner
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout)))
+    try:
+        store = builder(store_uri=target.uri, artifact_uri=target.artifact_root)
+        store.search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable line
+        raise LinkError(
+            f"Cannot reach {target.display}: {_first_line(exc)}. Check that the server runs and the URI is right; "
+            "the previous link is unchanged."
+        ) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _first_line(exc: BaseException) -> str:
+    from .masking import redact
+
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return redact(mask_uri(text) if "://" in text and " " not in text else text)[:200]

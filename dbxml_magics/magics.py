@@ -1,0 +1,191 @@
+"""The magics: declare arguments, parse, delegate. No logic of their own.
+
+Every user mistake reaches the user as one `UsageError` line (IPython prints it without
+a traceback); the domain modules raise `DbxmlError` subclasses with the fix in the text.
+"""
+
+import functools
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .config import Settings
+from .errors import DbxmlError
+from .masking import redact
+
+__all__ = ["DbxmlMagics"]
+
+
+def _parse(magic, line: str):
+    try:
+        return parse_argstring(magic, line)
+    except UsageError as exc:
+        raise UsageError(redact(" ".join(str(exc).split()))) from None
+    except ValueError as exc:  # unbalanced quotes from IPython's tokenizer
+        raise UsageError(f"Cannot parse the arguments ({exc}); check the quotes.") from None
+
+
+def _user_errors(method):
+    """Turn domain errors into one UsageError line; no traceback for a user's mistake."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        __tracebackhide__ = True  # noqa: F841
+        try:
+            return method(self, *args, **kwargs)
+        except DbxmlError as exc:
+            raise UsageError(redact(" ".join(str(exc).split()))) from None
+
+    return wrapper
+
+
+@magics_class
+class DbxmlMagics(Settings, Magics):
+    """Magics linking this notebook to MLflow stores and Azure ML. Settings: `%config DbxmlMagics`."""
+
+    def __init__(self, shell, session):
+        super().__init__(shell=shell)
+        self.session = session
+
+    # ------------------------------------------------------------------ %%track
+    @magic_arguments()
+    @argument("name", nargs="?", default=None, help="Run name (default: MLflow's generated name).")
+    @argument("--experiment", "-e", default=None, help="Experiment name or /Users/<user>/<folder>/<name> path.")
+    @argument("--params", "-p", nargs="+", default=[], metavar="VAR", help="Variables logged as params after the cell.")
+    @argument(
+        "--metrics", "-m", nargs="+", default=[], metavar="VAR",
+        help="Variables logged as metrics after the cell; a sequence becomes a step history.",
+    )
+    @argument("--tags", "-t", nargs="+", default=[], metavar="KEY=VALUE", help="Tags set on the run.")
+    @argument("--artifacts", "-a", nargs="+", default=[], metavar="PATH", help="Files, folders or globs logged after the cell.")
+    @argument("--autolog", action="store_true", help="Enable mlflow.autolog() for the cell.")
+    @argument("--nested", action="store_true", help="Start a child run of the active run.")
+    @argument("--no-source", action="store_true", help="Do not log the cell source as an artifact.")
+    @cell_magic
+    @_user_errors
+    def track(self, line, cell):
+        """Run the cell as an MLflow run: params, metrics, source, status (FINISHED/FAILED/KILLED)."""
+        __tracebackhide__ = True  # noqa: F841
+        from .tracking import TrackRequest, parse_tags, run_tracked_cell
+
+        args = _parse(self.track, line)
+        request = TrackRequest(
+            name=args.name,
+            experiment=args.experiment,
+            params=args.params,
+            metrics=args.metrics,
+            tags=parse_tags(args.tags),
+            artifacts=args.artifacts,
+            autolog=args.autolog,
+            nested=args.nested,
+            log_source=not args.no_source,
+        )
+        return run_tracked_cell(self.session, self.shell, request, cell)
+
+    # ------------------------------------------------------------------ %aml_link
+    @magic_arguments()
+    @argument("--local", nargs="?", const="", default=None, metavar="PATH", help="The embedded store (in PATH).")
+    @argument("--uri", default=None, help="Any MLflow tracking URI: http(s)://, databricks, sqlite:///, file:, azureml://.")
+    @argument("--config", nargs="?", const="", default=None, metavar="PATH", help="AML config.json (searched like the SDK).")
+    @argument("-s", "--subscription", default=None, help="Azure subscription id.")
+    @argument("-g", "--resource-group", default=None, help="Azure resource group.")
+    @argument("-w", "--workspace", default=None, help="Azure ML workspace name.")
+    @argument("--mode", choices=["aml-only", "both"], default=None, help="aml-only: AML alone; both: keep the current store and mirror to the new one.")
+    @argument(
+        "--auth", choices=["default", "interactive", "cli", "service-principal", "managed-identity"], default="default",
+        help="Azure credential; secrets come from the environment, never from this line.",
+    )
+    @argument("--experiment", "-e", default=None, help="Experiment for runs of this link.")
+    @line_magic
+    @_user_errors
+    def aml_link(self, line):
+        """Choose where runs go. Without arguments: show the panel with the workspace selector."""
+        from .link import link_from_args
+
+        args = _parse(self.aml_link, line)
+        link = link_from_args(self.session, args)
+        if link is None or self.show_panel_on_link:
+            self._show_panel()
+        return link
+
+    @magic_arguments()
+    @line_magic
+    @_user_errors
+    def aml_unlink(self, line):
+        """Return to what was active before the first %aml_link."""
+        _parse(self.aml_unlink, line)
+        return self.session.unlink()
+
+    # ------------------------------------------------------------------ %aml_register
+    @magic_arguments()
+    @argument("name", help="Registered model name.")
+    @argument("--model", default=None, metavar="VAR", help="In-memory model variable (scikit-learn, Spark ML, pyfunc).")
+    @argument("--run", default=None, metavar="RUN_ID|last", help="Register the model logged in this run.")
+    @argument("--artifact-path", default="model", help="Model path inside the run (default: model).")
+    @argument("--uri", default=None, metavar="MODEL_URI", help="Register a model URI (runs:/..., models:/...).")
+    @argument("--flavor", choices=["sklearn", "spark", "pyfunc"], default=None, help="Force the flavor.")
+    @argument("--alias", default=None, help="Alias set on the new version.")
+    @argument("--tags", nargs="+", default=[], metavar="KEY=VALUE", help="Tags of the new version.")
+    @argument("--description", default=None, help="Description of the new version.")
+    @argument("--input-example", default=None, metavar="VAR", help="Input example variable (signature inferred).")
+    @line_magic
+    @_user_errors
+    def aml_register(self, line):
+        """Register a model (new name: version 1; existing: next version)."""
+        from .registry import register_from_args
+
+        args = _parse(self.aml_register, line)
+        return register_from_args(self.session, self.shell.user_ns, args)
+
+    # ------------------------------------------------------------------ %aml_score
+    @magic_arguments()
+    @argument("model", help="models:/name/version, models:/name@alias, a registered name, runs:/..., or last.")
+    @argument("--table", default=None, help="Input Spark table.")
+    @argument("--df", default=None, metavar="VAR", help="Input DataFrame variable (Spark or pandas).")
+    @argument("--path", default=None, help="Input files.")
+    @argument("--format", default="parquet", help="Format of --path: parquet, csv, json, delta.")
+    @argument("--where", default=None, help="SQL filter applied before scoring.")
+    @argument("--columns", nargs="+", default=None, help="Input columns (default: the model signature's inputs).")
+    @argument("--output-col", default="prediction", help="Name of the prediction column.")
+    @argument("--result-type", default=None, help="Spark type of the prediction (default: from the signature).")
+    @argument("--into", default=None, metavar="VAR", help="Variable receiving the scored Spark DataFrame.")
+    @argument("--save-as", default=None, metavar="TABLE", help="Save the result as a table.")
+    @argument("--save-path", default=None, help="Save the result as files.")
+    @argument("--remote", default=None, metavar="sc://host:port", help="Spark Connect server to use.")
+    @argument("--log-run", action="store_true", help="Log the scoring as an MLflow run with its lineage.")
+    @argument("--limit", type=int, default=10, help="Rows in the preview (0: none).")
+    @line_magic
+    @_user_errors
+    def aml_score(self, line):
+        """Batch-score a Spark table or DataFrame with a registered model."""
+        from .scoring import score_from_args
+
+        args = _parse(self.aml_score, line)
+        return score_from_args(self.session, self.shell.user_ns, args)
+
+    # ------------------------------------------------------------------ %aml_sync / %aml_panel
+    @magic_arguments()
+    @argument("--flush", action="store_true", help="Ship pending writes now and wait for them.")
+    @argument("--timeout", type=float, default=30.0, help="Seconds to wait with --flush.")
+    @line_magic
+    @_user_errors
+    def aml_sync(self, line):
+        """Show what waits to be written to each store; --flush ships it now."""
+        from .status import sync_report
+
+        args = _parse(self.aml_sync, line)
+        print(sync_report(self.session, flush=args.flush, timeout=args.timeout))
+
+    @magic_arguments()
+    @line_magic
+    @_user_errors
+    def aml_panel(self, line):
+        """Show the live panel of this session again."""
+        _parse(self.aml_panel, line)
+        self._show_panel()
+
+    def _show_panel(self) -> None:
+        from .panel import show_panel
+
+        show_panel(self.session)

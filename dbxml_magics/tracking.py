@@ -1,0 +1,305 @@
+"""The %%track run lifecycle: start a run, execute the cell as IPython would, log, end.
+
+Follows MLflow's run stack (`mlflow/tracking/fluent.py`): the run ends FINISHED, FAILED
+(exception; traceback logged) or KILLED (interrupt), and is never left active. All writes
+travel through MLflow's fluent API, which the journal intercepts, so user `mlflow.log_*`
+calls in the cell and the magic's own logging take the same batched, durable path.
+"""
+
+import ast
+import numbers
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import TrackError
+from .masking import redact
+from .session import RunRecord, Session
+
+__all__ = ["TrackRequest", "run_tracked_cell", "parse_tags", "notebook_path"]
+
+
+@dataclass
+class TrackRequest:
+    """A parsed %%track line."""
+
+    name: str | None = None
+    experiment: str | None = None
+    params: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)
+    autolog: bool = False
+    nested: bool = False
+    log_source: bool = True
+
+
+def parse_tags(items: list[str]) -> dict[str, str]:
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TrackError(f"--tags expects key=value pairs; got {item!r}. Example: --tags team=ml stage=dev")
+        tags[key.strip()] = value
+    return tags
+
+
+def _check_names(option: str, names: list[str]) -> None:
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise TrackError(f"{option} expects variable names; {name!r} is not one. Example: {option} alpha l1_ratio")
+
+
+def notebook_path(namespace: dict) -> str:
+    """Best known name of the notebook: VS Code, Jupyter server, Databricks context, else the kernel."""
+    vscode = namespace.get("__vsc_ipynb_file__")
+    if vscode:
+        return str(vscode)
+    dbutils = namespace.get("dbutils")
+    if dbutils is not None:
+        try:
+            context = dbutils.notebook.entry_point.getDbutils().notebook().getContext()
+            return str(context.notebookPath().get())
+        except Exception:  # noqa: BLE001 - any dbutils shape that is not Databricks' own
+            pass
+    for variable in ("JPY_SESSION_NAME", "DATABRICKS_NOTEBOOK_PATH"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    return "ipython"
+
+
+def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
+    """Run `cell` as an MLflow run; returns the value of the cell's last expression."""
+    __tracebackhide__ = True  # noqa: F841 - IPython hides this frame in user tracebacks
+    _check_names("--params", request.params)
+    _check_names("--metrics", request.metrics)
+    code = _compile_cell(shell, cell)
+
+    import mlflow
+
+    link = session.activate()
+    active = mlflow.active_run()
+    if active is not None and not request.nested:
+        raise TrackError(
+            f"Run {active.info.run_id} is still active. End it with mlflow.end_run(), or use %%track --nested."
+        )
+    experiment_id, experiment_name = _resolve_experiment(session, request.experiment)
+    tags = {
+        "mlflow.source.name": notebook_path(session.namespace),
+        "mlflow.source.type": "NOTEBOOK",
+        "dbxml.kernel": f"python {platform.python_version()} pid {os.getpid()}",
+        **request.tags,
+    }
+    try:
+        run = mlflow.start_run(
+            run_name=request.name, experiment_id=experiment_id, nested=request.nested, tags=tags
+        )
+    except Exception as exc:  # noqa: BLE001 - any store failure becomes one line
+        raise TrackError(
+            f"Could not start a run on {link.primary.display}: {_first_line(exc)}. The cell was not run; "
+            "check that the store is reachable, or run %aml_link --local to use the embedded store."
+        ) from None
+    run_id = run.info.run_id
+    record = session.add_run(
+        RunRecord(
+            run_id=run_id,
+            name=run.info.run_name,
+            experiment_id=experiment_id,
+            experiment=experiment_name,
+            target=link.primary.display,
+        )
+    )
+    started = time.time()
+    status = "FINISHED"
+    error = None
+    try:
+        if request.autolog:
+            mlflow.autolog(silent=True)
+        try:
+            return _execute(shell, code)
+        except KeyboardInterrupt:
+            status, error = "KILLED", "interrupted"
+            raise
+        except BaseException as exc:
+            status, error = "FAILED", _first_line(exc)
+            session.journal.log_text(run_id, redact(traceback.format_exc()), "traceback.txt")
+            raise
+    finally:
+        try:
+            _log_outcome(session, shell, request, cell, run_id, record, started)
+        finally:
+            if request.autolog:
+                mlflow.autolog(disable=True, silent=True)
+            mlflow.end_run(status)
+            _settle(session, run_id)
+            session.update_run(record, status=status, end_time=time.time(), error=error)
+
+
+def _is_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return redact(lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _resolve_experiment(session: Session, requested: str | None) -> tuple[str, str]:
+    import mlflow
+
+    name = requested or session.experiment
+    if name:
+        try:
+            experiment = mlflow.set_experiment(name)
+        except Exception as exc:  # noqa: BLE001
+            raise TrackError(f"Cannot use experiment {name!r}: {_first_line(exc)}") from None
+        return experiment.experiment_id, experiment.name
+    experiment_id = mlflow.tracking.fluent._get_experiment_id()
+    try:
+        experiment = mlflow.get_experiment(experiment_id)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackError(
+            f"Cannot reach the tracking store {session.link.primary.display}: {_first_line(exc)}. "
+            "The cell was not run."
+        ) from None
+    return experiment_id, experiment.name if experiment else "Default"
+
+
+class _CompiledCell:
+    def __init__(self, body, last_expr, filename):
+        self.body = body
+        self.last_expr = last_expr
+        self.filename = filename
+
+
+def _compile_cell(shell, cell: str) -> _CompiledCell:
+    """Transform and compile the cell like IPython does; a syntax error is one line, before any run."""
+    raw = cell
+    transformed = shell.transform_cell(cell)
+    try:
+        filename = shell.compile.cache(transformed, shell.execution_count, raw_code=raw)
+    except TypeError:
+        filename = shell.compile.cache(transformed, shell.execution_count)
+    try:
+        tree = ast.parse(transformed, filename=filename)
+        tree = shell.transform_ast(tree)
+    except SyntaxError as exc:
+        raise TrackError(f"The cell has a syntax error (line {exc.lineno}: {exc.msg}); no run was started.") from None
+    last_expr = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last_expr = ast.Expression(tree.body.pop().value)
+    flags = shell.compile.flags
+    body = compile(ast.Module(tree.body, type_ignores=[]), filename, "exec", flags=flags, dont_inherit=True)
+    expr = compile(last_expr, filename, "eval", flags=flags, dont_inherit=True) if last_expr else None
+    return _CompiledCell(body, expr, filename)
+
+
+def _execute(shell, code: _CompiledCell):
+    """Run in the user namespace; exceptions propagate so IPython shows them as usual."""
+    __tracebackhide__ = True  # noqa: F841
+    exec(code.body, shell.user_global_ns, shell.user_ns)
+    if code.last_expr is not None:
+        return eval(code.last_expr, shell.user_global_ns, shell.user_ns)
+    return None
+
+
+def _log_outcome(session, shell, request, cell, run_id, record, started) -> None:
+    import mlflow
+
+    namespace = shell.user_ns
+    params, metrics_now, histories, notes = {}, {}, {}, []
+    for name in request.params:
+        found, value = _lookup(namespace, name)
+        if not found:
+            notes.append(f"--params: no variable {name!r} after the cell; not logged")
+            continue
+        params[name] = redact(str(value))[:6000]
+    for name in request.metrics:
+        found, value = _lookup(namespace, name)
+        if not found:
+            notes.append(f"--metrics: no variable {name!r} after the cell; not logged")
+            continue
+        series = _as_series(value)
+        if series is None:
+            notes.append(f"--metrics: {name!r} is not a number or a sequence of numbers; not logged")
+        elif isinstance(series, float):
+            metrics_now[name] = series
+        else:
+            histories[name] = series
+    client = mlflow.MlflowClient()
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    metric_objs = [Metric(k, v, now, 0) for k, v in metrics_now.items()]
+    for name, values in histories.items():
+        metric_objs.extend(Metric(name, v, now, step) for step, v in enumerate(values))
+    tags = [RunTag("dbxml.duration_s", f"{time.time() - started:.3f}")]
+    client.log_batch(run_id, metrics=metric_objs, params=[Param(k, v) for k, v in params.items()], tags=tags)
+    if request.log_source:
+        session.journal.log_text(run_id, cell, "cell.py")
+    for pattern in request.artifacts:
+        paths = sorted(Path().glob(pattern)) if _is_glob(pattern) else [Path(pattern).expanduser()]
+        if not paths or not all(p.exists() for p in paths):
+            notes.append(f"--artifacts: {pattern!r} does not exist after the cell; not logged")
+            continue
+        for path in paths:
+            if path.is_dir():
+                for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                    relative = file.parent.relative_to(path)
+                    target = str(Path(path.name) / relative) if str(relative) != "." else path.name
+                    session.journal.log_artifact(run_id, str(file), target)
+            else:
+                session.journal.log_artifact(run_id, str(path), None)
+    summary = {**metrics_now, **{k: v[-1] for k, v in histories.items() if v}}
+    record.metrics.update(summary)
+    record.params.update(params)
+    for note in notes:
+        print(f"dbxml: {note}", file=sys.stderr)
+
+
+def _settle(session: Session, run_id: str) -> None:
+    """Wait (bounded) for the run to reach its primary store; say so when it could not."""
+    if session.journal.flush(run_id, primary_only=True):
+        return
+    left = session.journal.pending(run_id)
+    print(
+        f"dbxml: {session.link.primary.display} is not reachable; {left} writes of run {run_id} are kept "
+        "in the journal and will be retried (see %aml_sync).",
+        file=sys.stderr,
+    )
+
+
+def _lookup(namespace: dict, dotted: str):
+    head, *rest = dotted.split(".")
+    if head not in namespace:
+        return False, None
+    value = namespace[head]
+    for attr in rest:
+        if not hasattr(value, attr):
+            return False, None
+        value = getattr(value, attr)
+    return True, value
+
+
+def _as_series(value):
+    """A float for a number, a list of floats for a sequence of numbers, else None."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        try:
+            return float(value.item())
+        except (TypeError, ValueError):
+            return None
+    if isinstance(value, (str, bytes, dict)):
+        return None
+    try:
+        values = [float(v) for v in list(value)]
+    except (TypeError, ValueError):
+        return None
+    return values

@@ -1,0 +1,80 @@
+"""Layered fixtures: a real IPython shell -> the extension loaded -> linked to a real server.
+
+Slow parts are shared per test session: one MLflow server (tests that stop a server start
+their own). Every test runs in its own working directory, so the embedded store is fresh.
+"""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from servers import MlflowServer  # noqa: E402
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ipython_shell():
+    from IPython.testing.globalipapp import start_ipython
+
+    return start_ipython()
+
+
+def _reset_mlflow():
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    utils._tracking_uri = None
+    try:
+        from mlflow.tracking._model_registry import utils as registry_utils
+
+        registry_utils._registry_uri = None
+    except (ImportError, AttributeError):
+        pass
+    mlflow.tracking.fluent._active_experiment_id = None
+    utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+
+
+@pytest.fixture
+def shell(ipython_shell, tmp_path, monkeypatch):
+    """A real InteractiveShell in a fresh working directory, with nothing loaded."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    _reset_mlflow()
+    ipython_shell.run_line_magic("unload_ext", "dbxml_magics") if "dbxml_magics" in ipython_shell.extension_manager.loaded else None
+    yield ipython_shell
+    if "dbxml_magics" in ipython_shell.extension_manager.loaded:
+        ipython_shell.run_line_magic("unload_ext", "dbxml_magics")
+    _reset_mlflow()
+
+
+@pytest.fixture
+def ext(shell):
+    """The shell with dbxml_magics loaded; yields the Session."""
+    from dbxml_magics.session import get_session
+
+    shell.run_line_magic("load_ext", "dbxml_magics")
+    yield get_session(shell)
+
+
+@pytest.fixture
+def linked(ext, shell, mlflow_server):
+    """The extension linked to the shared real MLflow server."""
+    shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
+    yield ext
