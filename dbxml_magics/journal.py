@@ -31,7 +31,7 @@ from .errors import JournalError
 from .link import Link, Target, aml_experiment_name
 from .masking import mask_uri, redact
 
-__all__ = ["Journal", "JournaledStore", "TargetStatus", "SOURCE_RUN_TAG"]
+__all__ = ["Journal", "JournaledStore", "TargetStatus", "SOURCE_RUN_TAG", "register_kind"]
 
 SOURCE_RUN_TAG = "dbxml.source_run_id"
 _OWNER = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -269,11 +269,13 @@ class Journal:
         return row[0] if row else None
 
     # ------------------------------------------------------------------ writes
-    def append(self, run_id: str, kind: str, payload: dict, primary_only: bool = False) -> None:
+    def append(self, run_id: str, kind: str, payload: dict, primary_only: bool = False, mirror_only: bool = False) -> None:
         """Queue one write of an owned run for each of its targets (one transaction)."""
         keys = self._owned[run_id]
         if primary_only:
             keys = keys[:1]
+        elif mirror_only:
+            keys = keys[1:]
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -283,7 +285,7 @@ class Journal:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        if kind in ("terminate", "artifact"):
+        if kind != "batch":
             self._wake.set()
 
     @staticmethod
@@ -533,6 +535,8 @@ class Journal:
                 self._release_blob(blob, group[0][0])
         elif kind == "copy_artifacts":
             self._copy_artifacts(key, store, run_key, remote_id)
+        elif kind in _handlers:
+            _handlers[kind](self._targets[key], remote_id, json.loads(group[0][3]))
         else:
             raise JournalError(f"unknown journal entry kind {kind!r}")
 
@@ -619,6 +623,16 @@ class Journal:
     @property
     def flusher_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+
+_handlers: dict[str, Callable[[Target, str, dict], None]] = {}
+
+
+def register_kind(kind: str, handler: Callable[[Target, str, dict], None]) -> None:
+    """Let another module queue its own writes: `handler(target, remote_run_id, payload)`
+    is called by the flusher, after every earlier row of the same run reached `target`.
+    It raises to be retried later (MlflowException with a 4xx code: failed for good)."""
+    _handlers[kind] = handler
 
 
 class _Transient(Exception):
