@@ -37,6 +37,11 @@ SOURCE_RUN_TAG = "dbxml.source_run_id"
 _OWNER = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 # MLflow codes that mean "this request will never succeed"; everything else is retried.
 _PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"}
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -102,6 +107,7 @@ class Journal:
         self._targets: dict[str, Target] = {}  # key -> live target (with credentials)
         self._status: dict[str, TargetStatus] = {}
         self._owned: dict[str, list[str]] = {}  # primary run id -> target keys
+        self._params: dict[str, dict[str, str]] = {}  # params queued per owned run
         self._inner_stores: dict[str, object] = {}
         self._wake = threading.Event()
         self._force = threading.Event()
@@ -141,8 +147,10 @@ class Journal:
         rows = self._db().execute("SELECT target, kind, role, artifact_root FROM targets").fetchall()
         for key, kind, role, artifact_root in rows:
             self._status.setdefault(key, TargetStatus(key, role))
-            # Keys are masked URIs; one that masking left unchanged is usable as it is.
-            if key not in self._targets and mask_uri(key) == key:
+            # Keys are masked URIs; one that masking left unchanged is usable as it is. An AML
+            # target also needs a credential (without one the plugin would start an interactive
+            # sign-in on the flusher thread): its rows wait until that workspace is linked again.
+            if key not in self._targets and mask_uri(key) == key and kind != "aml":
                 self._targets[key] = Target(uri=key, kind=kind, artifact_root=artifact_root)
 
     # ------------------------------------------------------------------ targets
@@ -188,6 +196,10 @@ class Journal:
         for scheme, builder in self._original_builders.items():
             registry._registry[scheme] = _JournaledBuilder(builder, self)
         registry._get_store_with_resolved_uri.cache_clear()
+        # MLflow's default HTTP retries wait minutes on a dead server; the journal retries
+        # by itself, so a down store costs seconds. A user's own setting wins.
+        self._env_defaults = {k: v for k, v in _HTTP_DEFAULTS.items() if k not in os.environ}
+        os.environ.update(self._env_defaults)
 
     def uninstall(self) -> None:
         if self._original_builders is None:
@@ -199,6 +211,9 @@ class Journal:
                 registry._registry[scheme] = builder.inner
         registry._get_store_with_resolved_uri.cache_clear()
         self._original_builders = None
+        for key, value in getattr(self, "_env_defaults", {}).items():
+            if os.environ.get(key) == value:
+                del os.environ[key]
 
     def artifact_root_for(self, store_uri: str) -> str | None:
         """The embedded store's artifact folder, so experiments created there land in it."""
@@ -288,6 +303,25 @@ class Journal:
         if kind != "batch":
             self._wake.set()
 
+    def _check_params(self, run_id, params) -> None:
+        """MLflow refuses to change a param; say so at once, as the store would have."""
+        if not params:
+            return
+        logged = self._params.setdefault(run_id, {})
+        for param in params:
+            old = logged.get(param.key)
+            if old is not None and old != str(param.value):
+                from mlflow.exceptions import MlflowException
+                from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+                raise MlflowException(
+                    f"Changing param values is not allowed. Param with key='{param.key}' was already logged "
+                    f"with value='{old}' for run ID='{run_id}'. Attempted logging new value '{param.value}'.",
+                    INVALID_PARAMETER_VALUE,
+                )
+        for param in params:
+            logged[param.key] = str(param.value)
+
     @staticmethod
     def _insert(db, key, run_key, kind, payload) -> None:
         db.execute(
@@ -296,6 +330,7 @@ class Journal:
         )
 
     def log_batch(self, run_id, metrics=(), params=(), tags=()) -> None:
+        self._check_params(run_id, params)
         payload = {
             "metrics": [_metric_to_list(m) for m in metrics],
             "params": [[p.key, p.value] for p in params],
@@ -773,13 +808,20 @@ def _tag_dict(run) -> dict:
 
 
 def _group_rows(rows):
-    """Consecutive batch rows of the same run travel together; other kinds go one by one."""
+    """Consecutive batch rows of the same run travel together; other kinds go one by one.
+
+    A row that would change a param already in the group starts a new group, so the
+    store sees (and rejects) the change instead of the merge hiding it."""
     group: list = []
+    params: dict = {}
     for row in rows:
-        if group and (row[2] != "batch" or group[-1][2] != "batch" or row[1] != group[-1][1]):
+        row_params = dict(json.loads(row[3])["params"]) if row[2] == "batch" else {}
+        conflict = any(k in params and params[k] != v for k, v in row_params.items())
+        if group and (row[2] != "batch" or group[-1][2] != "batch" or row[1] != group[-1][1] or conflict):
             yield group
-            group = []
+            group, params = [], {}
         group.append(row)
+        params.update(row_params)
     if group:
         yield group
 

@@ -120,6 +120,13 @@ def link_from_args(session, args) -> Link | None:
         new = Link(mode=mode, primary=target, experiment=experiment)
     for store in new.targets:
         probe_target(store)
+    for store in new.targets:
+        if store.kind == "aml":
+            # Only now, with every probe passed: the plugin store MLflow builds for this URI
+            # (fluent API, journal flusher) must use the credential checked above.
+            from .workspace import register_aml_target
+
+            register_aml_target(store)
     return session.apply_link(new)
 
 
@@ -170,6 +177,12 @@ def _prepare_embedded(target: Target) -> None:
 def probe_target(target: Target, timeout: float = 5.0) -> None:
     """Talk to the store once (quickly, no long retries) so a bad link fails before it is made."""
     import os
+
+    if target.kind == "aml":
+        # The plugin's own store builder would fall back to interactive sign-in.
+        from .workspace import probe_aml_target
+
+        return probe_aml_target(target, timeout)
 
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
 

@@ -122,7 +122,7 @@ class DbxmlMagics(Settings, Magics):
     @argument("name", help="Registered model name.")
     @argument("--model", default=None, metavar="VAR", help="In-memory model variable (scikit-learn, Spark ML, pyfunc).")
     @argument("--run", default=None, metavar="RUN_ID|last", help="Register the model logged in this run.")
-    @argument("--artifact-path", default="model", help="Model path inside the run (default: model).")
+    @argument("--artifact-path", default=None, help="Model path inside the run (default: model).")
     @argument("--uri", default=None, metavar="MODEL_URI", help="Register a model URI (runs:/..., models:/...).")
     @argument("--flavor", choices=["sklearn", "spark", "pyfunc"], default=None, help="Force the flavor.")
     @argument("--alias", default=None, help="Alias set on the new version.")

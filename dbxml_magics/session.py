@@ -173,10 +173,16 @@ class Session:
 
     def _point_mlflow_at(self, link: Link) -> None:
         import mlflow
+        from mlflow.tracking import fluent
 
+        if mlflow.get_tracking_uri() != link.primary.uri:
+            # Experiment ids belong to one store; mlflow.set_experiment also exported the
+            # old id to MLFLOW_EXPERIMENT_ID, which the next store would reject.
+            if fluent._active_experiment_id is not None:
+                os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+            fluent._active_experiment_id = None
         mlflow.set_tracking_uri(link.primary.uri)
-        if link.primary.registry_uri:
-            mlflow.set_registry_uri(link.primary.registry_uri)
+        mlflow.set_registry_uri(link.primary.registry_uri or link.primary.uri)
         self.journal.set_targets(link)
 
     def activate(self) -> Link:
@@ -222,6 +228,15 @@ class Session:
 
     def find_run(self, run_id: str) -> RunRecord | None:
         return next((r for r in reversed(self.runs) if r.run_id == run_id), None)
+
+    def run_details(self, run_id: str):
+        """Params, tags, metric histories, artifacts, models and scorings of a run (a RunDetails).
+
+        The panel's one way to read MLflow: it never talks to a store itself.
+        """
+        from .inspect_run import read_run_details
+
+        return read_run_details(self, run_id)
 
     @property
     def last_run(self) -> RunRecord | None:

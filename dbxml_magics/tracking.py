@@ -152,6 +152,11 @@ def _resolve_experiment(session: Session, requested: str | None) -> tuple[str, s
     import mlflow
 
     name = requested or session.experiment
+    if name and session.link.primary.kind == "aml":
+        # AML cannot find names containing "/" again: /Users/<user>/<folder>/<name> -> <name>.
+        from .link import aml_experiment_name
+
+        name = aml_experiment_name(name, session.settings.aml_experiment_rule)
     if name:
         try:
             experiment = mlflow.set_experiment(name)
@@ -266,9 +271,11 @@ def _settle(session: Session, run_id: str) -> None:
     if session.journal.flush(run_id, primary_only=True):
         return
     left = session.journal.pending(run_id)
+    primary = session.link.primary.display
+    error = next((s["last_error"] for s in session.journal.status() if s["target"] == primary), None)
     print(
-        f"dbxml: {session.link.primary.display} is not reachable; {left} writes of run {run_id} are kept "
-        "in the journal and will be retried (see %aml_sync).",
+        f"dbxml: {primary} is not reachable{f' ({error})' if error else ''}; {left} writes of run {run_id} are "
+        "kept in the journal and will be retried (see %aml_sync).",
         file=sys.stderr,
     )
 

@@ -1,13 +1,641 @@
-"""Azure ML workspace resolution; the only module that talks to the Azure SDK."""
+"""Azure ML workspaces: config.json search, credentials, ids -> tracking URI, the plugin hookup.
+
+The only module that imports azureml-core, azureml-mlflow or azure-identity. Everything
+that goes over the network to Azure Resource Manager sits behind one seam, the
+`AzureResourceManager` object in `arm` (workspace lookup and workspace listing); tests put
+a double there and run the rest for real: config discovery, credential selection from the
+environment, the bounded credential check, URI building, and the azureml-mlflow plugin
+talking to an emulated MLflow endpoint.
+
+Resolution of `%aml_link --config` / `-s -g -w`:
+  reference (config file or ids) -> credential for `--auth` (checked within
+  `credential_timeout` s) -> `arm.lookup_workspace` (region host) ->
+  `azureml://<region>.api.azureml.ms/mlflow/v2.0/subscriptions/.../workspaces/<ws>` Target.
+`probe_aml_target` then asks the endpoint once through the real plugin store, and
+`register_aml_target` hands the plugin our credential for that URI, so neither the
+kernel nor the journal's flusher ever falls into the plugin's own interactive login chain.
+"""
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from .errors import LinkError
+from .link import Target
+from .masking import redact, remember_secret
 
-__all__ = ["resolve_workspace_target", "target_from_azureml_uri"]
+__all__ = [
+    "AUTH_CHOICES",
+    "WorkspaceRef",
+    "WorkspaceInfo",
+    "WorkspaceNotFound",
+    "AzureResourceManager",
+    "arm",
+    "find_config_file",
+    "read_config_file",
+    "workspaces_in_config_files",
+    "config_workspaces",
+    "account_workspaces",
+    "list_account_workspaces",
+    "azure_credentials_available",
+    "credential_for",
+    "check_credential",
+    "tracking_uri_for",
+    "studio_url_for",
+    "resolve_workspace_target",
+    "target_from_azureml_uri",
+    "probe_aml_target",
+    "register_aml_target",
+]
+
+AUTH_CHOICES = ("default", "interactive", "cli", "service-principal", "managed-identity")
+_AUTH_FIXES = (
+    "use --auth cli after `az login`, --auth service-principal with AZURE_TENANT_ID, AZURE_CLIENT_ID and "
+    "AZURE_CLIENT_SECRET set, --auth managed-identity on Azure compute, or --auth interactive to sign in "
+    "in a browser"
+)
+# The SDK's search order (azureml-core Workspace.from_config): folder first, then file name.
+_CONFIG_DIRS = (".azureml", "aml_config", None)
+_CONFIG_FILES = ("config.json", "project.json")
+_WORKSPACE_PATH = re.compile(
+    r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/providers/Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/?]+)",
+    re.IGNORECASE,
+)
+_SUBSCRIPTION = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_RESOURCE_GROUP = re.compile(r"^[-\w.()]{1,90}$")
+_WORKSPACE = re.compile(r"^[A-Za-z0-9][-\w]{1,32}$")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_ARM_TIMEOUT = 30.0  # workspace lookups: ARM answers in about a second when reachable
+_INTERACTIVE_TIMEOUT = 300  # a person signing in needs minutes, not credential_timeout
+_TOKEN_MARGIN = 300  # refresh a token this many seconds before it expires
 
 
-def resolve_workspace_target(args, settings):
-    raise LinkError("Azure ML workspaces cannot be linked yet; use --uri or --local.")
+# --------------------------------------------------------------------------- references
+@dataclass(frozen=True)
+class WorkspaceRef:
+    """An AML workspace by its ARM ids, and where that reference came from."""
+
+    subscription: str
+    resource_group: str
+    workspace: str
+    source: str = "-s/-g/-w"  # config file path, "-s/-g/-w", "uri" or "account"
+    tenant_id: str | None = None
+    location: str | None = None
+
+    @property
+    def arm_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{self.workspace}"
+        )
+
+    @property
+    def path(self) -> Path | None:
+        """The config file this reference was read from, if any."""
+        return None if self.source in ("-s/-g/-w", "uri", "account") else Path(self.source)
+
+    def __str__(self) -> str:
+        return f"{self.workspace} (resource group {self.resource_group}, subscription {self.subscription})"
 
 
-def target_from_azureml_uri(uri, args, settings):
-    raise LinkError("azureml:// URIs cannot be linked yet; use --uri http(s)://... or --local.")
+@dataclass(frozen=True)
+class WorkspaceInfo:
+    """What Azure Resource Manager says about a workspace: where its MLflow endpoint lives."""
+
+    mlflow_host: str  # e.g. "https://westeurope.api.azureml.ms"
+    location: str | None = None
+    workspace_id: str | None = None
+    tenant_id: str | None = None
+
+
+class WorkspaceNotFound(Exception):
+    """ARM has no such workspace, or the signed-in identity may not read it."""
+
+
+def _validated(ref: WorkspaceRef) -> WorkspaceRef:
+    where = f" (from {ref.source})" if ref.source not in ("-s/-g/-w", "uri") else ""
+    if not _SUBSCRIPTION.match(ref.subscription):
+        raise LinkError(
+            f"Subscription {ref.subscription!r}{where} is not a subscription id: give the GUID shown in the Azure "
+            "portal, e.g. -s 00000000-0000-0000-0000-000000000000."
+        )
+    if not _RESOURCE_GROUP.match(ref.resource_group):
+        raise LinkError(f"Resource group {ref.resource_group!r}{where} is not a valid resource group name.")
+    if not _WORKSPACE.match(ref.workspace):
+        raise LinkError(
+            f"Workspace {ref.workspace!r}{where} is not a valid AML workspace name (3-33 letters, digits, - or _)."
+        )
+    return ref
+
+
+# --------------------------------------------------------------------------- config files
+def find_config_file(path: str | None = None) -> Path:
+    """The AML config file for `path` (a file, or a folder searched upwards), as the SDK finds it.
+
+    Search order as in azureml-core `Workspace.from_config`: `.azureml/`, `aml_config/`, then
+    the folder itself; `config.json` before the legacy `project.json`; each from the start
+    folder up to the root.
+    """
+    start = Path(path).expanduser() if path else Path.cwd()
+    if start.is_file():
+        return start.resolve()
+    if not start.is_dir():
+        raise LinkError(f"No AML config file at {start}: give the path of config.json or of a folder containing it.")
+    start = start.resolve()
+    for folder in _CONFIG_DIRS:
+        for name in _CONFIG_FILES:
+            for directory in (start, *start.parents):
+                candidate = directory / folder / name if folder else directory / name
+                if candidate.is_file():
+                    return candidate
+    raise LinkError(
+        f"No AML config.json in {start}, its parents or their .azureml/ folders. Download it from ml.azure.com "
+        "(workspace menu > Download config file) into this folder, or link with -s/-g/-w."
+    )
+
+
+def read_config_file(path: Path) -> WorkspaceRef:
+    """The workspace a config.json names (`subscription_id`/`resource_group`/`workspace_name`, or `Scope`)."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LinkError(f"Cannot read the AML config file {path} ({exc.strerror}).") from None
+    except ValueError as exc:
+        raise LinkError(
+            f"The AML config file {path} is not valid JSON ({exc.msg}, line {getattr(exc, 'lineno', '?')}): "
+            "download it again from ml.azure.com."
+        ) from None
+    if not isinstance(config, dict):
+        raise LinkError(f"The AML config file {path} must hold a JSON object: download it again from ml.azure.com.")
+    scope = config.get("Scope") or config.get("scope")
+    if scope:
+        match = _WORKSPACE_PATH.search(str(scope))
+        if not match:
+            raise LinkError(f"The Scope in {path} does not name a workspace: download the file again from ml.azure.com.")
+        ids = match.group("sub"), match.group("rg"), match.group("ws")
+    else:
+        missing = [k for k in ("subscription_id", "resource_group", "workspace_name") if not config.get(k)]
+        if missing:
+            raise LinkError(
+                f"The AML config file {path} lacks {', '.join(missing)}: download it again from ml.azure.com."
+            )
+        ids = str(config["subscription_id"]), str(config["resource_group"]), str(config["workspace_name"])
+    return _validated(WorkspaceRef(*ids, source=str(path), tenant_id=config.get("tenant_id") or None))
+
+
+def workspaces_in_config_files(start: str | None = None) -> list[WorkspaceRef]:
+    """Every workspace named by a readable config file the SDK search could reach from `start`.
+
+    For the panel's selector: all candidates along the search path, nearest first, each
+    workspace once; unreadable files are skipped (linking one of them says why).
+    """
+    origin = Path(start).expanduser().resolve() if start else Path.cwd()
+    found: dict[str, WorkspaceRef] = {}
+    for directory in (origin, *origin.parents):
+        for folder in _CONFIG_DIRS:
+            for name in _CONFIG_FILES:
+                candidate = directory / folder / name if folder else directory / name
+                if not candidate.is_file():
+                    continue
+                try:
+                    ref = read_config_file(candidate)
+                except LinkError:
+                    continue
+                found.setdefault(ref.arm_id.lower(), ref)
+    return list(found.values())
+
+
+# --------------------------------------------------------------------------- the Azure seam
+class AzureResourceManager:
+    """The calls that go to Azure Resource Manager. Tests replace `arm` with a double.
+
+    Both methods block on the network; callers bound them (`_within`) or run them off
+    the kernel thread (`list_account_workspaces`).
+    """
+
+    def lookup_workspace(self, ref: WorkspaceRef, credential, cloud: str) -> WorkspaceInfo:
+        """Region host of the workspace's MLflow endpoint (azureml-core `Workspace.get`)."""
+        from azureml.core import Workspace
+
+        try:
+            workspace = Workspace.get(
+                ref.workspace,
+                auth=_sdk_auth(credential, cloud),
+                subscription_id=ref.subscription,
+                resource_group=ref.resource_group,
+                cloud=cloud,
+            )
+        except Exception as exc:  # azureml-core raises several unrelated types for "not there"
+            text = str(exc)
+            if any(s in text for s in ("ResourceNotFound", "was not found", "ResourceGroupNotFound", "404")):
+                raise WorkspaceNotFound(text) from None
+            raise
+        # The same host azureml-mlflow's get_mlflow_tracking_uri(workspace) puts in the URI.
+        return WorkspaceInfo(
+            mlflow_host=workspace.service_context._get_mlflow_url(),
+            location=workspace.location,
+            workspace_id=getattr(workspace, "_workspace_id", None),
+        )
+
+    def list_workspaces(self, credential, cloud: str) -> list[WorkspaceRef]:
+        """Workspaces of every subscription the identity can see (azureml-core `Workspace.list`)."""
+        from azureml.core import Workspace
+
+        listed = Workspace.list(None, auth=_sdk_auth(credential, cloud))
+        refs = []
+        for workspaces in listed.values():
+            for workspace in workspaces:
+                refs.append(
+                    WorkspaceRef(
+                        workspace.subscription_id,
+                        workspace.resource_group,
+                        workspace.name,
+                        source="account",
+                        location=getattr(workspace, "location", None),
+                    )
+                )
+        return sorted(refs, key=lambda r: (r.workspace.lower(), r.resource_group.lower()))
+
+
+arm = AzureResourceManager()
+
+
+def _sdk_auth(credential, cloud: str):
+    """An azureml-core auth object backed by our (checked, cached) azure-identity credential."""
+    from azureml.core.authentication import TokenAuthentication
+
+    def token_for(audience: str) -> str:
+        return credential.get_token(audience.rstrip("/") + "/.default").token
+
+    return TokenAuthentication(token_for, cloud=cloud)
+
+
+# --------------------------------------------------------------------------- credentials
+class _CheckedCredential:
+    """An azure-identity credential with a token cache; every token is registered as a secret.
+
+    The plugin asks for a token on every request, and some credentials (Azure CLI) start a
+    process per call: caching keeps the journal's batches cheap. The repr names the
+    method only, never a secret.
+    """
+
+    def __init__(self, inner, auth: str):
+        self._inner = inner
+        self.auth = auth
+        self._tokens: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def get_token(self, *scopes: str, **kwargs):
+        key = (scopes, kwargs.get("tenant_id"))
+        with self._lock:
+            token = self._tokens.get(key)
+        if token is not None and token.expires_on - _TOKEN_MARGIN > time.time():
+            return token
+        token = self._inner.get_token(*scopes, **kwargs)
+        remember_secret(token.token)
+        with self._lock:
+            self._tokens[key] = token
+        return token
+
+    def forget_tokens(self) -> None:
+        """Drop cached tokens (after the service rejected one) so the next call asks again."""
+        with self._lock:
+            self._tokens.clear()
+
+    def __repr__(self) -> str:
+        return f"<Azure credential --auth {self.auth}>"
+
+
+def _cloud(name: str | None = None):
+    """The azureml-mlflow Cloud object for a known cloud name; unknown names would make the
+    plugin fetch metadata from ARM, so they are refused here."""
+    from azureml.mlflow._common._cloud.cloud import KNOWN_CLOUDS
+
+    name = name or os.environ.get("AZUREML_CURRENT_CLOUD") or "AzureCloud"
+    if name not in KNOWN_CLOUDS:
+        raise LinkError(
+            f"Unknown Azure cloud {name!r} (AZUREML_CURRENT_CLOUD): use one of {', '.join(KNOWN_CLOUDS)}."
+        )
+    return KNOWN_CLOUDS[name]
+
+
+def credential_for(auth: str, cloud_name: str | None = None, tenant_id: str | None = None, timeout: float = 10.0):
+    """The azure-identity credential `--auth` selects, configured from the environment.
+
+    Only `interactive` may open a browser or print a device code: `default` is
+    DefaultAzureCredential without its interactive member, so a headless kernel never waits
+    for a person. Secrets are read from the environment by azure-identity, never passed here.
+    """
+    from azure import identity
+
+    if auth not in AUTH_CHOICES:
+        raise LinkError(f"Unknown --auth {auth!r}: use one of {', '.join(AUTH_CHOICES)}.")
+    cloud = _cloud(cloud_name)
+    authority = cloud._get_authority()
+    tenant_id = os.environ.get("AZURE_TENANT_ID") or tenant_id
+    process_timeout = max(1, int(timeout))
+    if auth == "default":
+        inner = identity.DefaultAzureCredential(
+            authority=authority, exclude_interactive_browser_credential=True, process_timeout=process_timeout
+        )
+    elif auth == "cli":
+        inner = identity.AzureCliCredential(tenant_id=tenant_id, process_timeout=process_timeout)
+    elif auth == "managed-identity":
+        inner = identity.ManagedIdentityCredential(client_id=os.environ.get("AZURE_CLIENT_ID") or None)
+    elif auth == "service-principal":
+        client_id = os.environ.get("AZURE_CLIENT_ID")
+        secret = os.environ.get("AZURE_CLIENT_SECRET")
+        certificate = os.environ.get("AZURE_CLIENT_CERTIFICATE_PATH")
+        missing = [
+            name
+            for name, value in (
+                ("AZURE_TENANT_ID", tenant_id),
+                ("AZURE_CLIENT_ID", client_id),
+                ("AZURE_CLIENT_SECRET (or AZURE_CLIENT_CERTIFICATE_PATH)", secret or certificate),
+            )
+            if not value
+        ]
+        if missing:
+            raise LinkError(
+                f"--auth service-principal needs {', '.join(missing)} in the environment (never on the magic "
+                "line); or choose another --auth: default, interactive, cli, managed-identity."
+            )
+        if secret:
+            inner = identity.ClientSecretCredential(tenant_id, client_id, secret, authority=authority)
+        else:
+            inner = identity.CertificateCredential(
+                tenant_id,
+                client_id,
+                certificate,
+                password=os.environ.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or None,
+                authority=authority,
+            )
+    else:  # interactive: a browser where there is one, else a device code printed in the cell
+        inner = identity.ChainedTokenCredential(
+            identity.InteractiveBrowserCredential(authority=authority, tenant_id=tenant_id, timeout=_INTERACTIVE_TIMEOUT),
+            identity.DeviceCodeCredential(authority=authority, tenant_id=tenant_id, timeout=_INTERACTIVE_TIMEOUT),
+        )
+    return _CheckedCredential(inner, auth)
+
+
+def check_credential(credential: _CheckedCredential, cloud_name: str | None, timeout: float) -> None:
+    """Obtain one token within `timeout` s; a failure or a hang is one line naming the --auth options."""
+    scope = _cloud(cloud_name)._get_default_scope()
+    wait = _INTERACTIVE_TIMEOUT if credential.auth == "interactive" else timeout
+    try:
+        _within(wait, lambda: credential.get_token(scope))
+    except TimeoutError:
+        raise LinkError(
+            f"Azure sign-in with --auth {credential.auth} gave no token within {wait:g} s; {_AUTH_FIXES} "
+            "(%config DbxmlMagics.credential_timeout sets the wait)."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - azure-identity's errors are long and multi-line
+        raise LinkError(
+            f"Azure sign-in with --auth {credential.auth} failed ({_first_line(exc)}); {_AUTH_FIXES}."
+        ) from None
+
+
+def _within(seconds: float, work: Callable[[], Any]) -> Any:
+    """Run `work` on a daemon thread and wait at most `seconds`.
+
+    A daemon thread, not an executor: a credential stuck in a network call must neither
+    block the kernel now nor hold up interpreter exit later.
+    """
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run():
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="dbxml-azure-call", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+# --------------------------------------------------------------------------- URIs
+def tracking_uri_for(ref: WorkspaceRef, mlflow_host: str) -> str:
+    """`azureml://<region>.api.azureml.ms/mlflow/v2.0<arm id>`, as azureml-mlflow builds it for MLflow >= 2."""
+    netloc = urlsplit(mlflow_host).netloc if "://" in mlflow_host else mlflow_host
+    if not netloc:
+        raise LinkError(f"Azure returned no MLflow endpoint for workspace {ref.workspace!r}; link with --uri instead.")
+    return f"azureml://{netloc}/mlflow/v2.0{ref.arm_id}"
+
+
+def studio_url_for(ref: WorkspaceRef, tenant_id: str | None = None) -> str:
+    """The workspace in AML studio (runs, models), the link the panel shows."""
+    url = f"https://ml.azure.com/?wsid={ref.arm_id}"
+    return url + (f"&tid={tenant_id}" if tenant_id else "")
+
+
+def _host_url(netloc: str) -> str:
+    """Base URL of the MLflow endpoint: https, except a loopback proxy or emulator (plain http)."""
+    host = urlsplit(f"//{netloc}").hostname or ""
+    return f"{'http' if host in _LOOPBACK else 'https'}://{netloc}"
+
+
+def _ref_from_uri(uri: str) -> WorkspaceRef:
+    match = _WORKSPACE_PATH.search(urlsplit(uri).path)
+    if not urlsplit(uri).netloc or not match:
+        raise LinkError(
+            "An azureml:// URI looks like azureml://<region>.api.azureml.ms/mlflow/v2.0/subscriptions/<id>/"
+            "resourceGroups/<rg>/providers/Microsoft.MachineLearningServices/workspaces/<ws>; "
+            "or link with -s/-g/-w or --config."
+        )
+    return _validated(WorkspaceRef(match.group("sub"), match.group("rg"), match.group("ws"), source="uri"))
+
+
+# --------------------------------------------------------------------------- linking
+def resolve_workspace_target(args, settings) -> Target:
+    """The Target for `--config [PATH]` or `-s/-g/-w`: checked credential + ARM lookup."""
+    if args.config is not None:
+        ref = read_config_file(find_config_file(args.config or None))
+    else:
+        given = {"-s": args.subscription, "-g": args.resource_group, "-w": args.workspace}
+        missing = [flag for flag, value in given.items() if not value]
+        if missing:
+            raise LinkError(
+                f"An AML workspace needs -s, -g and -w together (missing {', '.join(missing)}); "
+                "or use --config with the workspace's config.json."
+            )
+        ref = _validated(WorkspaceRef(args.subscription.strip(), args.resource_group.strip(), args.workspace.strip()))
+    timeout = float(getattr(settings, "credential_timeout", 10.0))
+    credential = credential_for(getattr(args, "auth", None) or "default", None, ref.tenant_id, timeout)
+    check_credential(credential, None, timeout)
+    cloud = _cloud().name
+    try:
+        info = _within(_ARM_TIMEOUT, lambda: arm.lookup_workspace(ref, credential, cloud))
+    except WorkspaceNotFound:
+        source = f" (named in {ref.source})" if ref.source != "-s/-g/-w" else ""
+        raise LinkError(
+            f"Azure ML workspace {ref}{source} was not found, or this identity may not read it: check the names, "
+            "or choose another --auth."
+        ) from None
+    except TimeoutError:
+        raise LinkError(
+            f"Azure Resource Manager did not answer within {_ARM_TIMEOUT:g} s about workspace {ref.workspace!r}: "
+            "check the network, or link the workspace's azureml:// URI with --uri."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any SDK failure is one line
+        raise LinkError(
+            f"Azure Resource Manager lookup of workspace {ref.workspace!r} failed ({_first_line(exc)}); "
+            "check the network and --auth, or link the workspace's azureml:// URI with --uri."
+        ) from None
+    return Target(
+        uri=tracking_uri_for(ref, info.mlflow_host),
+        kind="aml",
+        workspace=ref.workspace,
+        studio_url=studio_url_for(ref, info.tenant_id or ref.tenant_id),
+        credential=credential,
+    )
+
+
+def target_from_azureml_uri(uri: str, args=None, settings=None) -> Target:
+    """The Target for `--uri azureml://...`: the region host is in the URI, no ARM lookup needed."""
+    base = uri.split("?", 1)[0].rstrip("/")  # query forms (auth=, token=) are deprecated by the plugin
+    ref = _ref_from_uri(base)
+    timeout = float(getattr(settings, "credential_timeout", 10.0)) if settings is not None else 10.0
+    credential = credential_for(getattr(args, "auth", None) or "default", None, None, timeout)
+    check_credential(credential, None, timeout)
+    return Target(
+        uri=tracking_uri_for(ref, urlsplit(base).netloc),
+        kind="aml",
+        workspace=ref.workspace,
+        studio_url=studio_url_for(ref),
+        credential=credential,
+    )
+
+
+def _service_context(target: Target):
+    """The plugin's ServiceContext for a Target: our credential and a named cloud, so the
+    plugin neither builds its interactive credential chain nor fetches cloud metadata."""
+    from azureml.mlflow._internal.utils import ServiceContext
+
+    ref = _ref_from_uri(target.uri)
+    return ServiceContext(
+        host_url=_host_url(urlsplit(target.uri).netloc),
+        subscription_id=ref.subscription,
+        workspace_name=ref.workspace,
+        resource_group_name=ref.resource_group,
+        auth=target.credential,
+        cloud=_cloud(),
+    )
+
+
+def register_aml_target(target: Target) -> None:
+    """Let MLflow's registry build the plugin store for this URI (fluent API and journal flusher)."""
+    from azureml.mlflow._internal.service_context_loader import _AzureMLServiceContextLoader
+
+    _AzureMLServiceContextLoader.add_service_context(target.uri, _service_context(target))
+
+
+def probe_aml_target(target: Target, timeout: float = 5.0) -> None:
+    """One request through the real plugin store, without registering anything yet."""
+    from azureml.mlflow._store.tracking.store import AzureMLRestStore
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout)))
+    try:
+        AzureMLRestStore(_service_context(target)).search_experiments(max_results=1)
+    except LinkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable line
+        raise LinkError(_probe_failure(target, exc)) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _probe_failure(target: Target, exc: Exception) -> str:
+    text = str(exc)
+    code = getattr(exc, "error_code", "") or ""
+    where = f"Azure ML workspace {target.workspace!r} ({target.display})"
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"\b(401|403)\b", text):
+        return (
+            f"{where} rejected the credential of --auth {getattr(target.credential, 'auth', 'default')}: "
+            f"sign in again or {_AUTH_FIXES}; the previous link is unchanged."
+        )
+    if code in ("RESOURCE_DOES_NOT_EXIST", "ENDPOINT_NOT_FOUND") or re.search(r"\b404\b", text):
+        return f"{where} has no MLflow endpoint there: check the URI or link with -s/-g/-w; the previous link is unchanged."
+    return (
+        f"Cannot reach {where}: {_first_line(exc)}. Check the network and the URI; the previous link is unchanged."
+    )
+
+
+# --------------------------------------------------------------------------- the selector
+def config_workspaces(settings=None) -> list[WorkspaceRef]:
+    """Workspaces of the config files reachable from the working directory (panel selector)."""
+    return workspaces_in_config_files(None)
+
+
+def azure_credentials_available() -> bool:
+    """A cheap, offline guess whether a non-interactive sign-in could work here, so the panel
+    only starts an account listing where one can succeed."""
+    import shutil
+
+    env = os.environ
+    return bool(
+        (env.get("AZURE_CLIENT_ID") and (env.get("AZURE_CLIENT_SECRET") or env.get("AZURE_CLIENT_CERTIFICATE_PATH")))
+        or env.get("AZURE_FEDERATED_TOKEN_FILE")
+        or env.get("IDENTITY_ENDPOINT")
+        or env.get("MSI_ENDPOINT")
+        or (shutil.which("az") and (Path.home() / ".azure").is_dir())
+    )
+
+
+def account_workspaces(settings=None, auth: str = "default") -> list[WorkspaceRef]:
+    """Workspaces of the signed-in account (blocks up to credential_timeout + 30 s: call it off
+    the kernel thread, or use `list_account_workspaces`). Never signs in interactively."""
+    if auth == "interactive":
+        raise LinkError("Listing workspaces never signs in interactively: link once with --auth interactive.")
+    timeout = float(getattr(settings, "credential_timeout", 10.0)) if settings is not None else 10.0
+    credential = credential_for(auth, None, None, timeout)
+    check_credential(credential, None, timeout)
+    cloud = _cloud().name
+    try:
+        return list(_within(_ARM_TIMEOUT, lambda: arm.list_workspaces(credential, cloud)))
+    except Exception as exc:  # noqa: BLE001 - one line for the panel
+        raise LinkError(f"Cannot list Azure ML workspaces ({_first_line(exc)}); link with -s/-g/-w or --config.") from None
+
+
+def list_account_workspaces(settings=None, auth: str = "default", callback: Callable | None = None):
+    """`account_workspaces` on a daemon thread: returns a `concurrent.futures.Future` at once,
+    resolved to the list or to a LinkError; `callback(future)` runs when it is."""
+    from concurrent.futures import Future
+
+    future: Future = Future()
+    if callback is not None:
+        future.add_done_callback(callback)
+
+    def work():
+        try:
+            future.set_result(account_workspaces(settings, auth))
+        except BaseException as exc:  # noqa: BLE001 - the panel shows it inline
+            future.set_exception(exc if isinstance(exc, LinkError) else LinkError(_first_line(exc)))
+
+    threading.Thread(target=work, name="dbxml-list-workspaces", daemon=True).start()
+    return future
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return redact(text)[:200]

@@ -13,6 +13,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from servers import MlflowServer  # noqa: E402
 
+# Shared Spark fixtures (`spark`, `spark_connect`): one Spark per test session.
+pytest_plugins = ["spark_fixtures"]
+
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -47,6 +50,7 @@ def _reset_mlflow():
     except (ImportError, AttributeError):
         pass
     mlflow.tracking.fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
 
 
@@ -54,7 +58,7 @@ def _reset_mlflow():
 def shell(ipython_shell, tmp_path, monkeypatch):
     """A real InteractiveShell in a fresh working directory, with nothing loaded."""
     monkeypatch.chdir(tmp_path)
-    for name in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION", "MLFLOW_EXPERIMENT_NAME"):
+    for name in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(name, raising=False)
     _reset_mlflow()
     ipython_shell.run_line_magic("unload_ext", "dbxml_magics") if "dbxml_magics" in ipython_shell.extension_manager.loaded else None

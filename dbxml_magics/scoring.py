@@ -1,0 +1,479 @@
+"""%aml_score: batch-score a Spark table, DataFrame or files with an MLflow model.
+
+The path a user would write by hand (`mlflow.pyfunc.spark_udf`, read, `withColumn`,
+display), with what the hand-written version lacks: the model reference is resolved and
+pinned to one version, the input is checked against the model signature before any
+Spark job (every missing or mistyped column named in one line), progress is visible, and
+the scoring is recorded in the session (and optionally as an MLflow run with its lineage).
+
+Order of work, cheapest first, so that a mistake costs seconds: parse the request, resolve
+the model (registry metadata only), pick the Spark session, read the input's schema
+(analysis, no job), match columns and types, build the UDF, then run the one job.
+"""
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ScoreError
+from .masking import redact
+from .model_ref import ModelRef, resolve_model
+from .session import ScoreRecord, Session
+from .spark_progress import JobProgress
+from .spark_session import SparkChoice, api_mode, is_spark_dataframe, resolve_spark
+
+__all__ = ["ScoreRequest", "ColumnPlan", "score_from_args", "plan_columns", "FORMATS"]
+
+FORMATS = ("parquet", "csv", "json", "delta")
+
+# MLflow column type -> (Spark types that convert without loss of meaning, type to cast to).
+# Mirrors what MLflow's own schema enforcement accepts, plus integer -> double, which it
+# refuses for int64 although a Spark cast is what every user would write by hand.
+_COMPATIBLE: dict[str, tuple[frozenset[str], str | None]] = {
+    "boolean": (frozenset({"boolean"}), "boolean"),
+    "integer": (frozenset({"byte", "short", "integer"}), "int"),
+    "long": (frozenset({"byte", "short", "integer", "long"}), "bigint"),
+    "float": (frozenset({"byte", "short", "integer", "float"}), "float"),
+    "double": (frozenset({"byte", "short", "integer", "long", "float", "double", "decimal"}), "double"),
+    "string": (frozenset({"string", "varchar", "char"}), "string"),
+    "binary": (frozenset({"binary"}), "binary"),
+    "datetime": (frozenset({"timestamp", "timestamp_ntz", "date"}), None),
+}
+
+
+@dataclass
+class ScoreRequest:
+    """A parsed %aml_score line."""
+
+    model: str
+    table: str | None = None
+    df: str | None = None
+    path: str | None = None
+    format: str = "parquet"
+    where: str | None = None
+    columns: list[str] | None = None
+    output_col: str = "prediction"
+    result_type: str | None = None
+    into: str | None = None
+    save_as: str | None = None
+    save_path: str | None = None
+    remote: str | None = None
+    log_run: bool = False
+    limit: int = 10
+
+    @classmethod
+    def from_args(cls, args) -> "ScoreRequest":
+        names = cls.__dataclass_fields__
+        request = cls(**{name: getattr(args, name) for name in names if hasattr(args, name)})
+        request.validate()
+        return request
+
+    def validate(self) -> None:
+        given = [option for option, value in (("--table", self.table), ("--df", self.df), ("--path", self.path)) if value]
+        if not given:
+            raise ScoreError(
+                "Say what to score: --table TABLE, --df VAR (Spark or pandas DataFrame), or --path P [--format parquet|csv|json|delta]."
+            )
+        if len(given) > 1:
+            raise ScoreError(f"Give one input, not {' and '.join(given)}.")
+        self.format = (self.format or "parquet").lower()
+        if self.format not in FORMATS:
+            raise ScoreError(f"--format must be one of {', '.join(FORMATS)}; got {self.format!r}.")
+        for option, value in (("--into", self.into), ("--df", self.df)):
+            if value is not None and not value.isidentifier():
+                raise ScoreError(f"{option} expects a variable name; {value!r} is not one.")
+        if self.into == "spark":
+            raise ScoreError("--into spark would replace the notebook's Spark session; choose another variable name.")
+        if not self.output_col or not self.output_col.strip():
+            raise ScoreError("--output-col needs a column name.")
+        if self.limit is None or self.limit < 0:
+            raise ScoreError(f"--limit must be 0 or more rows; got {self.limit}.")
+
+    @property
+    def input_text(self) -> str:
+        if self.table:
+            return f"table {self.table}"
+        if self.df:
+            return f"DataFrame {self.df}"
+        return f"{self.format} at {self.path}"
+
+
+@dataclass
+class ColumnPlan:
+    """Which input column feeds each model input, and the cast that makes its type exact."""
+
+    model_inputs: list[str | None]
+    columns: list[str | None]  # None: an optional model input the data lacks
+    casts: list[str | None]
+    as_struct: bool = False  # no signature: one struct column keeps the column names for the model
+
+    def expressions(self):
+        from pyspark.sql import functions as F
+
+        if self.as_struct:
+            return [F.struct(*[F.col(_quoted(c)) for c in self.columns])]
+        expressions = []
+        for column, cast in zip(self.columns, self.casts):
+            if column is None:
+                expressions.append(F.lit(None).cast(cast or "string"))
+            elif cast:
+                expressions.append(F.col(_quoted(column)).cast(cast))
+            else:
+                expressions.append(F.col(_quoted(column)))
+        return expressions
+
+
+@dataclass
+class _Input:
+    df: Any
+    description: str
+    extra: dict = field(default_factory=dict)
+
+
+def score_from_args(session: Session, user_ns: dict, args):
+    """Run %aml_score; returns the scored DataFrame unless --into names a variable for it."""
+    request = ScoreRequest.from_args(args)
+    dataframe = _lookup_dataframe(user_ns, request.df) if request.df else None
+    model = resolve_model(session, request.model)
+    choice = resolve_spark(user_ns, request.remote, dataframe if is_spark_dataframe(dataframe) else None)
+    spark = choice.spark
+    with api_mode(spark):
+        source = _load_input(choice, request, dataframe)
+        schema = source.df.schema
+        plan = plan_columns(model, schema, request, source.description)
+        result_type = _parse_result_type(request.result_type)
+        _check_outputs(choice, request)
+        udf = _build_udf(spark, model, result_type)
+        scored = source.df.withColumn(request.output_col, udf(*plan.expressions()))
+        started = time.monotonic()
+        with JobProgress(spark, f"scoring {source.description} with {model.label}"):
+            result, rows, outputs = _materialize(spark, scored, request)
+        seconds = time.monotonic() - started
+        preview = result.limit(request.limit).toPandas() if request.limit else None
+    if request.into:
+        user_ns[request.into] = result
+        outputs.insert(0, f"variable {request.into}")
+    print(
+        f"Scored {rows:,} rows of {source.description} with {model.label} in {seconds:.1f} s "
+        f"on {choice.description}; output: {', '.join(outputs)}."
+    )
+    if preview is not None:
+        from IPython.display import display
+
+        display(preview)
+    record = ScoreRecord(
+        model_uri=model.uri,
+        model_version=model.version,
+        input=source.description,
+        rows=rows,
+        seconds=seconds,
+        output=", ".join(outputs),
+    )
+    if request.log_run:
+        record.run_id = _log_run(session, model, record, choice)
+        print(f"Logged scoring run {record.run_id}.")
+    session.add_scoring(record)
+    return None if request.into else result
+
+
+# ---------------------------------------------------------------------- input
+def _lookup_dataframe(user_ns: dict, name: str):
+    if name not in user_ns:
+        raise ScoreError(f"No variable {name!r} in the notebook; --df expects a Spark or pandas DataFrame variable.")
+    value = user_ns[name]
+    if is_spark_dataframe(value) or _is_pandas(value):
+        return value
+    raise ScoreError(f"--df {name} is a {type(value).__name__}, not a Spark or pandas DataFrame.")
+
+
+def _is_pandas(value) -> bool:
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)
+
+
+def _load_input(choice: SparkChoice, request: ScoreRequest, dataframe) -> _Input:
+    """The input as a Spark DataFrame whose schema is known; analysis only, no job (csv/json infer theirs)."""
+    from pyspark.errors import PySparkException
+
+    spark = choice.spark
+    if request.table:
+        if not spark.catalog.tableExists(request.table):
+            raise ScoreError(
+                f"No table or view {request.table!r} in {choice.description}; check the name, or pass a DataFrame with --df."
+            )
+        source = _Input(spark.table(request.table), f"table {request.table}")
+    elif request.df:
+        if is_spark_dataframe(dataframe):
+            source = _Input(dataframe, f"DataFrame {request.df}")
+        else:
+            source = _Input(spark.createDataFrame(dataframe), f"DataFrame {request.df} ({len(dataframe):,} pandas rows)")
+    else:
+        source = _Input(_read_path(spark, request.path, request.format), f"{request.format} files at {request.path}")
+    if request.where:
+        try:
+            source.df = source.df.filter(request.where)
+            source.df.schema  # noqa: B018 - analysis (no job) reports an invalid filter now
+        except PySparkException as exc:
+            raise ScoreError(f"--where {request.where!r} is not a valid filter on {source.description}: {_spark_message(exc)}") from None
+        source.description += f" where {request.where}"
+    return source
+
+
+def _read_path(spark, path: str, fmt: str):
+    from pyspark.errors import PySparkException
+
+    reader = spark.read.format(fmt)
+    if fmt == "csv":
+        reader = reader.option("header", True).option("inferSchema", True)
+    try:
+        df = reader.load(path)
+        df.schema  # noqa: B018 - Spark Connect analyses lazily; errors must surface here
+    except PySparkException as exc:
+        condition = _condition(exc)
+        if condition == "DATA_SOURCE_NOT_FOUND" or (fmt == "delta" and "delta" in str(exc).lower() and "find" in str(exc).lower()):
+            raise ScoreError(
+                "Delta Lake is not available in this Spark session (delta-spark is not on its classpath); "
+                "start Spark with delta-spark, or read the files with --format parquet."
+            ) from None
+        if condition == "PATH_NOT_FOUND":
+            raise ScoreError(f"No files at --path {path}.") from None
+        raise ScoreError(f"Cannot read {fmt} files at {path}: {_spark_message(exc)}") from None
+    return df
+
+
+# ---------------------------------------------------------------------- schema check
+def plan_columns(model: ModelRef, schema, request: ScoreRequest, description: str) -> ColumnPlan:
+    """Match the input schema to the model's inputs; one ScoreError names every problem."""
+    fields = {f.name: f.dataType for f in schema.fields}
+    output_clash = _find(fields, request.output_col)
+    if output_clash is not None:
+        raise ScoreError(
+            f"{description} already has a column {output_clash!r}; choose another name with --output-col."
+        )
+    inputs = model.signature.inputs if model.signature is not None else None
+    named = inputs is not None and inputs.has_input_names()
+    if not named:
+        if not request.columns:
+            raise ScoreError(
+                f"Model {model.label} has no input signature, so its inputs are unknown; name the input columns "
+                "with --columns (and log models with a signature to skip this)."
+            )
+        missing = [c for c in request.columns if _find(fields, c) is None]
+        if missing:
+            raise ScoreError(
+                f"{description} lacks the columns {', '.join(missing)} given with --columns; "
+                f"its columns: {', '.join(fields)}."
+            )
+        columns = [_find(fields, c) for c in request.columns]
+        return ColumnPlan([None] * len(columns), columns, [None] * len(columns), as_struct=inputs is None)
+    specs = inputs.inputs
+    wanted = [spec.name for spec in specs]
+    if request.columns and len(request.columns) != len(specs):
+        raise ScoreError(
+            f"--columns gives {len(request.columns)} columns but model {model.label} has {len(specs)} inputs "
+            f"({', '.join(wanted)}); give one column per input, in that order."
+        )
+    sources = request.columns or wanted
+    columns, casts, missing, mistyped = [], [], [], []
+    for spec, source_name in zip(specs, sources):
+        column = _find(fields, source_name)
+        expected, cast_to, accepted = _expected_type(spec)
+        if column is None:
+            if getattr(spec, "required", True):
+                missing.append(source_name if source_name == spec.name else f"{source_name} (for {spec.name})")
+            columns.append(None)
+            casts.append(cast_to)
+            continue
+        actual = fields[column].typeName()
+        if accepted is not None and actual not in accepted:
+            mistyped.append(f"{column} is {fields[column].simpleString()} (model expects {expected})")
+        columns.append(column)
+        casts.append(cast_to if cast_to and actual != _spark_name(cast_to) else None)
+    if missing or mistyped:
+        problems = []
+        if missing:
+            problems.append(f"missing columns {', '.join(missing)}")
+        if mistyped:
+            problems.append(f"incompatible types: {'; '.join(mistyped)}")
+        raise ScoreError(
+            f"{description} does not fit model {model.label}: {'; '.join(problems)}. "
+            f"Input columns: {', '.join(fields) or 'none'}. Model inputs: {', '.join(_describe_spec(s) for s in specs)}; "
+            "map other column names onto them with --columns."
+        )
+    return ColumnPlan(wanted, columns, casts)
+
+
+def _expected_type(spec) -> tuple[str, str | None, frozenset[str] | None]:
+    """(what the model expects, in words; Spark cast target; accepted Spark type names or None = any)."""
+    kind = getattr(getattr(spec, "type", None), "name", None)
+    if kind in _COMPATIBLE and type(spec).__name__ == "ColSpec":
+        accepted, cast_to = _COMPATIBLE[kind]
+        return kind, cast_to, accepted
+    return str(getattr(spec, "type", "any")), None, None
+
+
+def _describe_spec(spec) -> str:
+    kind = getattr(getattr(spec, "type", None), "name", None) or str(getattr(spec, "type", "any"))
+    return f"{spec.name} {kind}"
+
+
+def _spark_name(cast_to: str) -> str:
+    return {"int": "integer", "bigint": "long"}.get(cast_to, cast_to)
+
+
+def _find(fields: dict, name: str) -> str | None:
+    """The input column for `name`: exact, else the one case-insensitive match (Spark's default)."""
+    if name in fields:
+        return name
+    matches = [f for f in fields if f.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _quoted(column: str) -> str:
+    return "`" + column.replace("`", "``") + "`"
+
+
+# ---------------------------------------------------------------------- model UDF
+def _parse_result_type(text: str | None):
+    if not text:
+        return None
+    from pyspark.sql.types import DataType
+
+    try:
+        return DataType.fromDDL(text)
+    except Exception:  # noqa: BLE001 - parse errors differ between classic and Connect
+        raise ScoreError(
+            f"--result-type {text!r} is not a Spark type; examples: double, long, string, boolean, array<double>."
+        ) from None
+
+
+class _QuietLocalEnvWarning(logging.Filter):
+    """%aml_score runs the model in the kernel's own environment on purpose; MLflow's
+    advice to recreate the training environment would only add noise under every cell."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return 'env_manager="local"' not in record.getMessage()
+
+
+def _build_udf(spark, model: ModelRef, result_type):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    logger = logging.getLogger("mlflow.pyfunc")
+    quiet = _QuietLocalEnvWarning()
+    logger.addFilter(quiet)
+    try:
+        return mlflow.pyfunc.spark_udf(spark, model.uri, result_type=result_type, env_manager="local")
+    except MlflowException as exc:
+        raise ScoreError(f"Cannot score with {model.label}: {_first_line(exc)}") from None
+    finally:
+        logger.removeFilter(quiet)
+
+
+# ---------------------------------------------------------------------- output
+def _check_outputs(choice: SparkChoice, request: ScoreRequest) -> None:
+    if request.save_as and choice.spark.catalog.tableExists(request.save_as):
+        raise ScoreError(f"Table {request.save_as!r} already exists; choose another --save-as name or drop it first.")
+
+
+def _materialize(spark, scored, request: ScoreRequest):
+    """Run the scoring job once; returns (result DataFrame that re-reads no model, rows, outputs)."""
+    from pyspark.errors import PySparkException
+
+    outputs = []
+    try:
+        if request.save_as:
+            scored.write.saveAsTable(request.save_as)
+            result = spark.table(request.save_as)
+            outputs.append(f"table {request.save_as}")
+            if request.save_path:
+                result.write.parquet(request.save_path)
+                outputs.append(f"parquet at {request.save_path}")
+        elif request.save_path:
+            scored.write.parquet(request.save_path)
+            result = spark.read.parquet(request.save_path)
+            outputs.append(f"parquet at {request.save_path}")
+        else:
+            # Scored once into the cache: the preview and every later use read it, not the model.
+            result = scored.cache()
+            outputs.append("cached")
+        rows = result.count()
+    except PySparkException as exc:
+        if _condition(exc) in ("PATH_ALREADY_EXISTS", "TABLE_OR_VIEW_ALREADY_EXISTS"):
+            raise ScoreError(f"{_spark_message(exc)} Choose a new --save-as / --save-path.") from None
+        raise
+    except KeyboardInterrupt:
+        if not (request.save_as or request.save_path):
+            scored.unpersist()
+        raise
+    return result, rows, outputs
+
+
+# ---------------------------------------------------------------------- lineage
+def _log_run(session: Session, model: ModelRef, record: ScoreRecord, choice: SparkChoice) -> str:
+    """A run of its own for the scoring: which model version scored which input, how many rows."""
+    import mlflow
+
+    from .tracking import notebook_path
+
+    session.activate()
+    if session.experiment:
+        mlflow.set_experiment(session.experiment)
+    run_name = f"score {model.name}-v{model.version}" if model.name else "score"
+    tags = {
+        "dbxml.kind": "scoring",
+        "mlflow.source.name": notebook_path(session.namespace),
+        "mlflow.source.type": "NOTEBOOK",
+        "dbxml.score.model_uri": model.uri,
+        "dbxml.score.spark": choice.description,
+    }
+    if model.source_run_id:
+        tags["dbxml.score.model_run_id"] = model.source_run_id
+    with mlflow.start_run(run_name=run_name, tags=tags, nested=mlflow.active_run() is not None) as run:
+        mlflow.log_params(
+            {
+                "model_uri": model.uri,
+                "model_name": model.name or "",
+                "model_version": model.version or "",
+                "input": record.input[:6000],
+                "output": record.output[:6000],
+                "rows": record.rows,
+            }
+        )
+        mlflow.log_metrics(
+            {"rows": record.rows, "seconds": record.seconds, "rows_per_second": record.rows / max(record.seconds, 1e-9)}
+        )
+        run_id = run.info.run_id
+    if session.journal_started and not session.journal.flush(run_id, primary_only=True):
+        print(
+            f"dbxml: the scoring run {run_id} waits in the journal for {session.link.primary.display} (see %aml_sync).",
+            file=sys.stderr,
+        )
+    return run_id
+
+
+# ---------------------------------------------------------------------- messages
+def _condition(exc) -> str | None:
+    for getter in ("getCondition", "getErrorClass"):
+        try:
+            value = getattr(exc, getter)()
+        except Exception:  # noqa: BLE001 - older exception shapes
+            continue
+        if value:
+            return value
+    return None
+
+
+def _spark_message(exc) -> str:
+    """Spark's message without its '[CONDITION]' prefix, SQLSTATE and plan dump."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if text.startswith("[") and "]" in text:
+        text = text.split("]", 1)[1].strip()
+    return redact(text.split(" SQLSTATE")[0])[:300]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return redact(lines[0] if lines else type(exc).__name__)[:300]

@@ -1,0 +1,315 @@
+"""A stand-in for an Azure ML workspace's MLflow endpoint, on loopback, for protocol tests.
+
+Azure is unreachable from the test machine, so this server plays the two Azure parts the
+real client code talks to after workspace lookup:
+
+- the **managed-identity token endpoint** (App Service protocol: `IDENTITY_ENDPOINT` +
+  `IDENTITY_HEADER`), so azure-identity's real `ManagedIdentityCredential` obtains tokens
+  over HTTP exactly as on Azure compute;
+- the **workspace MLflow endpoint** `/mlflow/v2.0/subscriptions/<sub>/resourceGroups/<rg>/
+  providers/Microsoft.MachineLearningServices/workspaces/<ws>/api/2.0/mlflow/...`: it rejects
+  requests without a bearer token it issued (401), answers 404 for another workspace, strips
+  the workspace prefix and forwards to a real `mlflow server`.
+
+Every request is recorded (`requests`), so tests can count round trips as AML would see them.
+
+Artifacts: AML hands out `azureml://` artifact locations served by its own artifact service
+(SAS uploads to blob storage), which is not emulated. The MLflow server's
+`mlflow-artifacts:/` locations are rewritten to its plain HTTP artifact endpoint, so artifact
+writes still work end to end, through MLflow's HTTP artifact repository.
+"""
+
+import json
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["AmlEmulator", "SeenRequest", "EmulatedResourceManager", "WORKSPACE_PREFIX", "link_line"]
+
+WORKSPACE_PREFIX = (
+    "/mlflow/v2.0/subscriptions/{sub}/resourceGroups/{rg}"
+    "/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
+)
+TOKEN_PATH = "/msi/token"
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """One request as the emulated endpoint saw it."""
+
+    method: str
+    path: str  # after the workspace prefix, e.g. /api/2.0/mlflow/runs/log-batch
+    status: int
+    authorized: bool
+    metric_points: int  # metrics carried by a log-metric / log-batch body
+    body: str  # request body (tests search it for secrets)
+
+
+class AmlEmulator:
+    """Threaded HTTP server on 127.0.0.1 that checks bearer tokens and forwards to MLflow."""
+
+    def __init__(self, mlflow_uri: str, subscription: str = "00000000-1111-2222-3333-444444444444",
+                 resource_group: str = "rg-test", workspace: str = "ws-test"):
+        self.mlflow_uri = mlflow_uri.rstrip("/")
+        self.subscription = subscription
+        self.resource_group = resource_group
+        self.workspace = workspace
+        self.identity_header = secrets.token_hex(8)
+        self.requests: list[SeenRequest] = []
+        self.tokens_issued: list[str] = []
+        self.token_requests = 0
+        self.rejecting = False  # answer 401 to everything (an expired or revoked token)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ addresses
+    @property
+    def host_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def netloc(self) -> str:
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def prefix(self) -> str:
+        return WORKSPACE_PREFIX.format(sub=self.subscription, rg=self.resource_group, ws=self.workspace)
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"azureml://{self.netloc}{self.prefix}"
+
+    @property
+    def identity_env(self) -> dict[str, str]:
+        """Environment that makes azure-identity's ManagedIdentityCredential ask this server."""
+        return {"IDENTITY_ENDPOINT": self.host_url + TOKEN_PATH, "IDENTITY_HEADER": self.identity_header}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "AmlEmulator":
+        self._thread = threading.Thread(target=self._server.serve_forever, name="aml-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ views for tests
+    def mlflow_requests(self, suffix: str = "") -> list[SeenRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith(suffix)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    # ------------------------------------------------------------------ internals
+    def _record(self, request: SeenRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _issue_token(self) -> str:
+        token = "aml-emulator-" + secrets.token_urlsafe(24)
+        with self._lock:
+            self.tokens_issued.append(token)
+            self.token_requests += 1
+        return token
+
+    def _token_is_valid(self, authorization: str | None) -> bool:
+        if not authorization or not authorization.startswith("Bearer "):
+            return False
+        with self._lock:
+            return authorization[len("Bearer "):] in self.tokens_issued
+
+
+def _count_metric_points(path: str, body: bytes) -> int:
+    if not body or not (path.endswith("/runs/log-batch") or path.endswith("/runs/log-metric")):
+        return 0
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return 0
+    return len(payload.get("metrics", [])) if path.endswith("log-batch") else 1
+
+
+def _handler_for(emulator: AmlEmulator):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+        def do_GET(self):
+            self._handle()
+
+        def do_POST(self):
+            self._handle()
+
+        def do_PATCH(self):
+            self._handle()
+
+        def do_DELETE(self):
+            self._handle()
+
+        def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, status: int, code: str, message: str) -> None:
+            self._reply(status, json.dumps({"error_code": code, "message": message}).encode())
+
+        def _handle(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            if parts.path == TOKEN_PATH:
+                return self._token(parts.query)
+            authorized = emulator._token_is_valid(self.headers.get("Authorization"))
+            inner = parts.path[len(emulator.prefix):] if parts.path.startswith(emulator.prefix) else None
+            status = self._mlflow(parts, inner, body, authorized)
+            emulator._record(
+                SeenRequest(
+                    method=self.command,
+                    path=inner if inner is not None else parts.path,
+                    status=status,
+                    authorized=authorized,
+                    metric_points=_count_metric_points(parts.path, body),
+                    body=body.decode("utf-8", "replace"),
+                )
+            )
+
+        def _token(self, query: str) -> None:
+            # App Service managed identity protocol (api-version 2019-08-01).
+            if self.headers.get("X-IDENTITY-HEADER") != emulator.identity_header:
+                return self._reply(401, b'{"error": "invalid identity header"}')
+            resource = parse_qs(query).get("resource", [""])[0]
+            token = emulator._issue_token()
+            payload = {
+                "access_token": token,
+                "expires_on": str(int(time.time()) + 3600),
+                "resource": resource,
+                "token_type": "Bearer",
+            }
+            self._reply(200, json.dumps(payload).encode())
+
+        def _mlflow(self, parts, inner, body: bytes, authorized: bool) -> int:
+            if not authorized or emulator.rejecting:
+                self._error(401, "UNAUTHENTICATED", "The access token is missing, invalid or expired.")
+                return 401
+            if inner is None:
+                self._error(404, "RESOURCE_DOES_NOT_EXIST", f"No workspace at {parts.path}")
+                return 404
+            url = emulator.mlflow_uri + inner + (f"?{parts.query}" if parts.query else "")
+            request = urllib.request.Request(url, data=body if self.command != "GET" else None, method=self.command)
+            request.add_header("Content-Type", self.headers.get("Content-Type") or "application/json")
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    status, answer = response.status, response.read()
+                    content_type = response.headers.get("Content-Type", "application/json")
+            except urllib.error.HTTPError as exc:
+                status, answer = exc.code, exc.read()
+                content_type = exc.headers.get("Content-Type", "application/json")
+            answer = answer.replace(b'"mlflow-artifacts:/', f'"{emulator.mlflow_uri}/api/2.0/mlflow-artifacts/artifacts/'.encode())
+            self._reply(status, answer, content_type)
+            return status
+
+    return Handler
+
+
+# ---------------------------------------------------------------------- the ARM double
+class EmulatedResourceManager:
+    """Stands in for `dbxml_magics.workspace.arm`, the one seam that talks to Azure Resource
+    Manager: it knows the emulator's workspace (and any `extra` refs for listing)."""
+
+    def __init__(self, emulator: AmlEmulator | None, mlflow_host: str | None = None, extra=()):
+        self.emulator = emulator
+        self.mlflow_host = mlflow_host or (emulator.host_url if emulator else None)
+        self.extra = list(extra)
+        self.lookups: list = []
+        self.listings = 0
+
+    def lookup_workspace(self, ref, credential, cloud):
+        from dbxml_magics.workspace import WorkspaceInfo, WorkspaceNotFound
+
+        # What ARM needs: a bearer token for the cloud's management scope.
+        credential.get_token("https://management.azure.com/.default")
+        self.lookups.append((ref, cloud))
+        known = self.emulator is not None and (ref.subscription, ref.resource_group, ref.workspace) == (
+            self.emulator.subscription, self.emulator.resource_group, self.emulator.workspace
+        )
+        if not known:
+            raise WorkspaceNotFound(f"ResourceNotFound: workspace {ref.workspace} was not found")
+        return WorkspaceInfo(mlflow_host=self.mlflow_host, location="local", workspace_id="emulated")
+
+    def list_workspaces(self, credential, cloud):
+        from dbxml_magics.workspace import WorkspaceRef
+
+        credential.get_token("https://management.azure.com/.default")
+        self.listings += 1
+        refs = list(self.extra)
+        if self.emulator is not None:
+            e = self.emulator
+            refs.append(WorkspaceRef(e.subscription, e.resource_group, e.workspace, source="account", location="local"))
+        return refs
+
+
+# ---------------------------------------------------------------------- fixtures
+import pytest  # noqa: E402 - fixtures below; the classes above work without pytest
+
+_AZURE_ENV = (
+    "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_USERNAME", "AZURE_PASSWORD", "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",
+    "IMDS_ENDPOINT", "AZUREML_CURRENT_CLOUD", "AZURE_CONFIG_DIR",
+)
+
+
+@pytest.fixture
+def azure_env(monkeypatch, tmp_path_factory):
+    """No Azure identity at all: no credential variables, an empty Azure CLI profile, no `az`."""
+    for name in _AZURE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(home / ".azure"))
+    bin_dir = home / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return bin_dir
+
+
+@pytest.fixture
+def aml_emulator(mlflow_server):
+    """The emulated AML workspace endpoint in front of the shared real MLflow server."""
+    emulator = AmlEmulator(mlflow_server.uri).start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def aml_workspace(aml_emulator, azure_env, monkeypatch):
+    """ARM double installed, and a managed identity served by the emulator: `%aml_link
+    -s/-g/-w --auth managed-identity` (or `default`) reaches the emulated workspace."""
+    from dbxml_magics import workspace
+
+    for name, value in aml_emulator.identity_env.items():
+        monkeypatch.setenv(name, value)
+    manager = EmulatedResourceManager(aml_emulator)
+    monkeypatch.setattr(workspace, "arm", manager)
+    return aml_emulator
+
+
+def link_line(emulator: AmlEmulator, extra: str = "") -> str:
+    return f"-s {emulator.subscription} -g {emulator.resource_group} -w {emulator.workspace} {extra}".strip()

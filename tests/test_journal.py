@@ -1,0 +1,182 @@
+"""The journal against real servers: batching, a store that goes down, a kernel that dies,
+and `both`-mode mirroring. Every figure asserted is read back from the real stores."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import mlflow
+import pytest
+
+from servers import MlflowServer, free_port
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A server this test may stop and restart (same port, same database)."""
+    server = MlflowServer(tmp_path / "own-server", port=free_port()).start()
+    yield server
+    server.stop()
+
+
+def _history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_metrics_reach_server_in_few_requests(linked, shell, mlflow_server):
+    shell.run_cell_magic(
+        "track", "batched", "import mlflow\nfor i in range(300):\n    mlflow.log_metric('loss', 1.0 / (i + 1), step=i)"
+    )
+    run_id = linked.last_run.run_id
+    client = mlflow_server.client()
+    assert _history(client, run_id, "loss") == [(i, 1.0 / (i + 1)) for i in range(300)]
+    assert linked.journal.pending(run_id) == 0
+
+
+def test_server_down_mid_cell_then_replayed_exactly_once(ext, shell, own_server, tmp_path):
+    shell.run_line_magic("config", "DbxmlMagics.flush_timeout = 2")
+    shell.run_line_magic("config", "DbxmlMagics.flush_interval = 0.2")
+    shell.run_line_magic("aml_link", f"--uri {own_server.uri}")
+    (tmp_path / "notes.txt").write_text("kept")
+    shell.user_ns["stop_server"] = own_server.stop
+    shell.run_cell_magic(
+        "track",
+        "outage --params lr --artifacts notes.txt --tags phase=outage",
+        textwrap.dedent(
+            """
+            import mlflow, time
+            lr = 0.01
+            for i in range(1000):
+                mlflow.log_metric('loss', float(i), step=i)
+                if i == 300:
+                    time.sleep(0.5)   # let the flusher ship a first part
+                    stop_server()
+            """
+        ),
+    )
+    run_id = ext.last_run.run_id
+    assert ext.last_run.status == "FINISHED"
+    assert mlflow.active_run() is None
+    assert ext.journal.pending(run_id) > 0
+    own_server.start()
+    assert ext.journal.flush(timeout=60)
+    client = own_server.client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert _history(client, run_id, "loss") == [(i, float(i)) for i in range(1000)]
+    assert run.data.params == {"lr": "0.01"}
+    assert run.data.tags["phase"] == "outage"
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["cell.py", "notes.txt"]
+
+
+def test_both_mode_mirrors_runs_and_survives_mirror_outage(ext, shell, mlflow_server, own_server, tmp_path):
+    shell.run_line_magic("config", "DbxmlMagics.flush_timeout = 2")
+    shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
+    shell.run_line_magic("aml_link", f"--uri {own_server.uri} --mode both --experiment /Users/me@x.org/proj/mirrored")
+    assert ext.link.mode == "both" and ext.link.mirror.uri == own_server.uri
+    own_server.stop()
+    shell.run_cell_magic(
+        "track",
+        "twin --params depth --metrics score",
+        "import mlflow\ndepth = 4\nscore = [0.1, 0.2, 0.3]\nmlflow.log_text('hello', 'notes/hello.txt')\n"
+        "for i in range(20):\n    mlflow.log_metric('m', i, step=i)",
+    )
+    run_id = ext.last_run.run_id
+    primary = mlflow_server.client().get_run(run_id)
+    assert primary.info.status == "FINISHED"
+    assert ext.journal.pending(run_id) > 0  # the mirror is down: its rows wait
+    own_server.start()
+    assert ext.journal.flush(timeout=60)
+    mirror_client = own_server.client()
+    mirror_id = ext.journal.mirror_run_id(run_id)
+    assert mirror_id is not None
+    mirror = mirror_client.get_run(mirror_id)
+    assert mirror.info.status == "FINISHED"
+    assert mirror.info.run_name == primary.info.run_name
+    assert mirror.data.params == {"depth": "4"}
+    assert mirror.data.tags["dbxml.source_run_id"] == run_id
+    assert _history(mirror_client, mirror_id, "m") == [(i, float(i)) for i in range(20)]
+    assert _history(mirror_client, mirror_id, "score") == [(0, 0.1), (1, 0.2), (2, 0.3)]
+    assert mirror_client.get_experiment(mirror.info.experiment_id).name == "/Users/me@x.org/proj/mirrored"
+    paths = {a.path for a in mirror_client.list_artifacts(mirror_id)}
+    assert {"cell.py", "notes"} <= paths
+    # Replaying again changes nothing: exactly once as seen by the mirror.
+    assert len(mirror_client.search_runs([mirror.info.experiment_id])) == 1
+
+
+def test_killed_kernel_is_replayed_by_next_session(shell, own_server, tmp_path):
+    """A kernel dies after its cell queued everything but before any flush."""
+    script = textwrap.dedent(
+        f"""
+        import os
+        from IPython.testing.globalipapp import start_ipython
+        ip = start_ipython()
+        ip.run_line_magic("load_ext", "dbxml_magics")
+        ip.run_line_magic("config", "DbxmlMagics.flush_interval = 3600")
+        ip.run_line_magic("config", "DbxmlMagics.flush_timeout = 0")
+        ip.run_line_magic("config", "DbxmlMagics.show_panel_on_link = False")
+        ip.run_line_magic("aml_link", "--uri {own_server.uri}")
+        ip.run_cell_magic("track", "doomed --params k", "import mlflow\\nk = 'v'\\nfor i in range(500):\\n    mlflow.log_metric('x', i, step=i)")
+        from dbxml_magics.session import get_session
+        print("RUN", get_session(ip).last_run.run_id, flush=True)
+        os._exit(9)
+        """
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    env.pop("MLFLOW_TRACKING_URI")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr[-2000:]
+    run_id = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("RUN "))
+    client = own_server.client()
+    assert client.get_metric_history(run_id, "x") == []  # nothing shipped before the kill
+    shell.run_line_magic("load_ext", "dbxml_magics")
+    try:
+        shell.run_line_magic("aml_sync", "--flush --timeout 60")
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params == {"k": "v"}
+        assert _history(client, run_id, "x") == [(i, float(i)) for i in range(500)]
+    finally:
+        shell.run_line_magic("unload_ext", "dbxml_magics")
+
+
+def test_sync_report_lists_targets(linked, shell, capsys, mlflow_server):
+    shell.run_cell_magic("track", "", "x = 1")
+    shell.run_line_magic("aml_sync", "--flush")
+    out = capsys.readouterr().out
+    assert mlflow_server.uri in out and "0 pending" in out
+
+
+def test_changing_a_param_fails_at_once_like_mlflow(linked, shell, mlflow_server):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="Changing param values is not allowed"):
+        shell.run_cell_magic(
+            "track", "clash", "import mlflow\nmlflow.log_param('p', 1)\nmlflow.log_metric('ok', 1.0)\nmlflow.log_param('p', 2)"
+        )
+    run = mlflow_server.client().get_run(linked.last_run.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.params == {"p": "1"}
+    assert run.data.metrics == {"ok": 1.0}
+
+
+def test_rejected_rows_fail_alone_and_are_reported(linked, shell, capsys, mlflow_server):
+    """Rows the store refuses (here: a param changed behind the journal's back by another
+    client) are marked failed and shown by %aml_sync; the other rows still arrive."""
+    shell.run_cell_magic("track", "clash", "import mlflow\nrun_id = mlflow.active_run().info.run_id")
+    run_id = shell.user_ns["run_id"]
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.utils.rest_utils import MlflowHostCreds
+
+    other_client = RestStore(lambda: MlflowHostCreds(mlflow_server.uri))
+    other_client.log_param(run_id, mlflow.entities.Param("q", "server-side"))
+    mlflow.MlflowClient().log_batch(
+        run_id, params=[mlflow.entities.Param("q", "client-side")], metrics=[mlflow.entities.Metric("ok", 1.0, 0, 0)]
+    )
+    shell.run_line_magic("aml_sync", "--flush --timeout 10")
+    out = capsys.readouterr().out
+    assert "1 failed" in out and "Changing param values" in out
+    run = mlflow_server.client().get_run(run_id)
+    assert run.data.params == {"q": "server-side"}
