@@ -31,7 +31,7 @@ from .errors import JournalError
 from .link import Link, Target, aml_experiment_name
 from .masking import mask_uri, redact
 
-__all__ = ["Journal", "JournaledStore", "TargetStatus", "SOURCE_RUN_TAG", "register_kind"]
+__all__ = ["Journal", "JournaledStore", "TargetStatus", "SOURCE_RUN_TAG", "register_kind", "prepare_sqlite_store"]
 
 SOURCE_RUN_TAG = "dbxml.source_run_id"
 _OWNER = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -233,15 +233,21 @@ class Journal:
             builder = registry.get_store_builder(target.uri)
             while isinstance(builder, _JournaledBuilder):
                 builder = builder.inner
+            prepare_sqlite_store(target.uri)
             store = builder(store_uri=target.uri, artifact_uri=target.artifact_root)
             self._inner_stores[key] = store
         return store
 
     # ------------------------------------------------------------------ ownership
-    def own(self, run_id: str, store_uri: str, experiment_name: str, run) -> None:
-        """Adopt a run just created on `store_uri`: its writes now go through the journal."""
+    def own(self, run_id: str, store_uri: str, experiment_name: Callable[[], str | None], run) -> None:
+        """Adopt a run just created on `store_uri`: its writes now go through the journal.
+
+        `experiment_name` is called only when the run is mirrored (it costs a request)."""
         primary = self.target_key_for(store_uri)
         keys = [primary]
+        link = self.link
+        mirrored = link is not None and link.mirror is not None and link.primary.display == primary
+        experiment_name = experiment_name() if mirrored else None
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -249,8 +255,7 @@ class Journal:
                 "INSERT OR REPLACE INTO runs(target, run_key, remote_id, experiment) VALUES (?, ?, ?, ?)",
                 (primary, run_id, run_id, experiment_name),
             )
-            link = self.link
-            if link is not None and link.mirror is not None and link.primary.display == primary:
+            if mirrored:
                 mirror = link.mirror.display
                 keys.append(mirror)
                 db.execute(
@@ -670,6 +675,63 @@ def register_kind(kind: str, handler: Callable[[Target, str, dict], None]) -> No
     _handlers[kind] = handler
 
 
+# Embedded stores are shared by every kernel started in the same folder. MLflow's SQLite
+# engines neither wait for a lock nor serialise their first table creation, so two kernels
+# racing on one file get "database is locked" or half-migrated tables.
+_SQLITE_BUSY_TIMEOUT_MS = 60000
+_prepared_sqlite: set[str] = set()
+_prepare_lock = threading.Lock()
+
+
+def prepare_sqlite_store(store_uri: str | None) -> None:
+    """Make MLflow's SQLite engines for `store_uri` safe for several processes (once per URI).
+
+    Every transaction starts with BEGIN IMMEDIATE and waits up to a minute for the file
+    lock: a deferred transaction that reads and then writes fails at once with "database
+    is locked" when another process writes, whatever the busy timeout. Missing tables are
+    created under an inter-process file lock, before MLflow's own unguarded check runs.
+    """
+    if not store_uri or not store_uri.startswith("sqlite:///") or store_uri in _prepared_sqlite:
+        return
+    with _prepare_lock:
+        if store_uri in _prepared_sqlite:
+            return
+        from mlflow.store.db import utils as db_utils
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistrySqlStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingSqlStore
+
+        engines = []
+        for store_class in (TrackingSqlStore, RegistrySqlStore):
+            # MLflow caches one engine per URI and class; hardening the cached engine covers
+            # every store MLflow builds for this URI later.
+            get_engine = getattr(store_class, "_get_or_create_engine", None)
+            if get_engine is not None:
+                engine = get_engine(store_uri)
+                if engine not in engines:
+                    engines.append(engine)
+        for engine in engines:
+            _serialise_sqlite_writers(engine)
+        safe_init = getattr(db_utils, "_safe_initialize_tables", None)
+        if engines and safe_init is not None:
+            safe_init(engines[0])
+        _prepared_sqlite.add(store_uri)
+
+
+def _serialise_sqlite_writers(engine) -> None:
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # the "begin" hook below opens transactions
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+
+    def on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+    engine.dispose()  # pooled connections were opened without the hooks
+
+
 class _Transient(Exception):
     """A condition that resolves itself by waiting (e.g. a mirror run not created yet)."""
 
@@ -684,6 +746,7 @@ class _JournaledBuilder:
 
     def __call__(self, store_uri=None, artifact_uri=None, **kwargs):
         artifact_uri = artifact_uri or self.journal.artifact_root_for(store_uri)
+        prepare_sqlite_store(store_uri)
         store = self.inner(store_uri=store_uri, artifact_uri=artifact_uri, **kwargs)
         return JournaledStore(store, self.journal, store_uri)
 
@@ -702,12 +765,14 @@ class JournaledStore:
     # -- creation: adopt the run
     def create_run(self, experiment_id, user_id, start_time, tags, run_name):
         run = self._inner.create_run(experiment_id, user_id, start_time, tags, run_name)
-        try:
-            experiment = self._inner.get_experiment(experiment_id).name
-        except Exception:  # noqa: BLE001 - a name is only needed for mirroring
-            experiment = None
-        self._journal.own(run.info.run_id, self._store_uri, experiment, run)
+        self._journal.own(run.info.run_id, self._store_uri, lambda: self._experiment_name(experiment_id), run)
         return run
+
+    def _experiment_name(self, experiment_id) -> str | None:
+        try:
+            return self._inner.get_experiment(experiment_id).name
+        except Exception:  # noqa: BLE001 - the name only names the mirror's experiment
+            return None
 
     # -- writes
     def log_metric(self, run_id, metric):

@@ -38,12 +38,14 @@ def mask_uri(uri: str | None) -> str:
     except ValueError:
         return redact(uri)
     netloc = parts.netloc
+    changed = False
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
         if ":" in userinfo:
             user, password = userinfo.split(":", 1)
             remember_secret(password)
             userinfo = f"{user}:{_MASK}"
+            changed = True
         netloc = f"{userinfo}@{host}"
     query = parts.query
     if query:
@@ -53,8 +55,11 @@ def mask_uri(uri: str | None) -> str:
             if _SECRET_QUERY_KEYS.search(key):
                 remember_secret(value)
                 value = _MASK
+                changed = True
             masked.append((key, value))
         query = urlencode(masked, safe="*")
+    if not changed:
+        return redact(uri)  # rebuilding would turn sqlite:////abs into sqlite://abs
     return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
 

@@ -181,6 +181,12 @@ class Session:
             if fluent._active_experiment_id is not None:
                 os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
             fluent._active_experiment_id = None
+        if any(t.kind == "embedded" for t in link.targets):
+            # Creating the embedded SQLite schema logs INFO lines that say nothing to a user.
+            import logging
+
+            for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         mlflow.set_tracking_uri(link.primary.uri)
         mlflow.set_registry_uri(link.primary.registry_uri or link.primary.uri)
         self.journal.set_targets(link)

@@ -1,0 +1,90 @@
+"""Every example notebook runs in a real kernel (nbclient) in an empty working directory."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# The quickstart has its own test below, which also reads its runs back.
+NOTEBOOKS = sorted(p for p in EXAMPLES.glob("*.ipynb") if p.stem != "quickstart")
+
+
+def execute(notebook_path: Path, workdir: Path) -> nbformat.NotebookNode:
+    shutil.copy(notebook_path, workdir / notebook_path.name)
+    notebook = nbformat.read(workdir / notebook_path.name, as_version=4)
+    env_backup = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        NotebookClient(
+            notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+        ).execute()
+    finally:
+        if env_backup is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env_backup
+    return notebook
+
+
+def outputs_text(notebook) -> str:
+    chunks = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            chunks.append(output.get("text", ""))
+            chunks.append(str(output.get("data", {}).get("text/plain", "")))
+            chunks.append(output.get("evalue", ""))
+    return "\n".join(chunks)
+
+
+@pytest.mark.parametrize("notebook_path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_example_runs(notebook_path, tmp_path):
+    notebook = execute(notebook_path, tmp_path)
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == []
+    assert "Traceback" not in outputs_text(notebook)
+
+
+READ_RUNS = """
+import json, sys, mlflow
+client = mlflow.MlflowClient(tracking_uri=sys.argv[1])
+exp = client.get_experiment_by_name("Default")
+out = {}
+for run in client.search_runs([exp.experiment_id]):
+    out[run.info.run_name] = {
+        "status": run.info.status,
+        "params": run.data.params,
+        "metrics": run.data.metrics,
+        "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+        "history": {k: [m.step for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics},
+        "artifacts": sorted(a.path for a in client.list_artifacts(run.info.run_id)),
+    }
+print(json.dumps(out))
+"""
+
+
+def test_quickstart_runs_readable_from_another_process(tmp_path):
+    notebook = execute(EXAMPLES / "quickstart.ipynb", tmp_path)
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert [e["evalue"] for e in errors] == ["this cell fails on purpose"]
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run([sys.executable, "-c", READ_RUNS, store], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(runs) == {"baseline", "tuned", "broken"}
+    baseline, tuned, broken = runs["baseline"], runs["tuned"], runs["broken"]
+    assert baseline["status"] == "FINISHED" and tuned["status"] == "FINISHED"
+    assert broken["status"] == "FAILED"
+    assert baseline["params"] == {"C": "1.0", "max_iter": "300"}
+    assert baseline["tags"]["stage"] == "quickstart"
+    assert 0.8 < baseline["metrics"]["accuracy"] <= 1.0
+    assert baseline["history"]["learning_curve"] == list(range(len(baseline["history"]["learning_curve"])))
+    assert len(baseline["history"]["learning_curve"]) >= 5
+    assert tuned["history"]["sweep"] == [0, 1, 2, 3]
+    assert tuned["params"] == {"C": "10.0"}
+    assert "cell.py" in baseline["artifacts"] and "cell.py" in tuned["artifacts"]
+    assert "traceback.txt" in broken["artifacts"]
+    assert "INFO mlflow" not in outputs_text(notebook)
