@@ -675,61 +675,29 @@ def register_kind(kind: str, handler: Callable[[Target, str, dict], None]) -> No
     _handlers[kind] = handler
 
 
-# Embedded stores are shared by every kernel started in the same folder. MLflow's SQLite
-# engines neither wait for a lock nor serialise their first table creation, so two kernels
-# racing on one file get "database is locked" or half-migrated tables.
-_SQLITE_BUSY_TIMEOUT_MS = 60000
+# Embedded stores are shared by every kernel started in the same folder. MLflow creates a
+# SQLite store's tables after an unguarded "do they exist?" check, so two kernels opening a
+# new store at once half-migrate it ("table ... already exists").
 _prepared_sqlite: set[str] = set()
 _prepare_lock = threading.Lock()
 
 
 def prepare_sqlite_store(store_uri: str | None) -> None:
-    """Make MLflow's SQLite engines for `store_uri` safe for several processes (once per URI).
-
-    Every transaction starts with BEGIN IMMEDIATE and waits up to a minute for the file
-    lock: a deferred transaction that reads and then writes fails at once with "database
-    is locked" when another process writes, whatever the busy timeout. Missing tables are
-    created under an inter-process file lock, before MLflow's own unguarded check runs.
-    """
+    """Create a SQLite store's tables under MLflow's inter-process file lock (once per URI),
+    so that MLflow's own check-then-create finds them and several kernels can share it."""
     if not store_uri or not store_uri.startswith("sqlite:///") or store_uri in _prepared_sqlite:
         return
     with _prepare_lock:
         if store_uri in _prepared_sqlite:
             return
         from mlflow.store.db import utils as db_utils
-        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistrySqlStore
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingSqlStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        engines = []
-        for store_class in (TrackingSqlStore, RegistrySqlStore):
-            # MLflow caches one engine per URI and class; hardening the cached engine covers
-            # every store MLflow builds for this URI later.
-            get_engine = getattr(store_class, "_get_or_create_engine", None)
-            if get_engine is not None:
-                engine = get_engine(store_uri)
-                if engine not in engines:
-                    engines.append(engine)
-        for engine in engines:
-            _serialise_sqlite_writers(engine)
+        get_engine = getattr(SqlAlchemyStore, "_get_or_create_engine", None)
         safe_init = getattr(db_utils, "_safe_initialize_tables", None)
-        if engines and safe_init is not None:
-            safe_init(engines[0])
+        if get_engine is not None and safe_init is not None:
+            safe_init(get_engine(store_uri))  # the engine is MLflow's cached one for this URI
         _prepared_sqlite.add(store_uri)
-
-
-def _serialise_sqlite_writers(engine) -> None:
-    from sqlalchemy import event
-
-    def on_connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None  # the "begin" hook below opens transactions
-        dbapi_connection.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-
-    def on_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    event.listen(engine, "connect", on_connect)
-    event.listen(engine, "begin", on_begin)
-    engine.dispose()  # pooled connections were opened without the hooks
 
 
 class _Transient(Exception):

@@ -99,7 +99,7 @@ def link_from_args(session, args) -> Link | None:
         if args.mode or args.experiment:
             raise LinkError("Say where to link: --local, --uri URI, --config, or -s/-g/-w. Without options the panel shows.")
         return None
-    current = session.activate()
+    # The target first: a failing sign-in or a bad config need not wait for MLflow's import.
     if args.local is not None:
         target = session.embedded_target(args.local or None)
         _prepare_embedded(target)
@@ -109,6 +109,7 @@ def link_from_args(session, args) -> Link | None:
         from .workspace import resolve_workspace_target
 
         target = resolve_workspace_target(args, session.settings)
+    current = session.activate()
     mode = args.mode or ("aml-only" if target.kind == "aml" else "local" if target.kind == "embedded" else "uri")
     experiment = args.experiment or current.experiment
     if mode == "both":
@@ -193,6 +194,9 @@ def probe_target(target: Target, timeout: float = 5.0) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout)))
     try:
+        from .journal import prepare_sqlite_store
+
+        prepare_sqlite_store(target.uri)
         store = builder(store_uri=target.uri, artifact_uri=target.artifact_root)
         store.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable line

@@ -5,6 +5,8 @@ a traceback); the domain modules raise `DbxmlError` subclasses with the fix in t
 """
 
 import functools
+import math
+from argparse import ArgumentTypeError
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -19,11 +21,36 @@ __all__ = ["DbxmlMagics"]
 
 def _parse(magic, line: str):
     try:
-        return parse_argstring(magic, line)
+        args = parse_argstring(magic, line)
     except UsageError as exc:
         raise UsageError(redact(" ".join(str(exc).split()))) from None
     except ValueError as exc:  # unbalanced quotes from IPython's tokenizer
         raise UsageError(f"Cannot parse the arguments ({exc}); check the quotes.") from None
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            setattr(args, name, _unquote(value))
+        elif isinstance(value, list):
+            setattr(args, name, [_unquote(item) if isinstance(item, str) else item for item in value])
+    return args
+
+
+def _unquote(text: str) -> str:
+    """IPython splits magic lines without POSIX rules (so Windows paths survive) and keeps
+    the quotes: `--experiment "my runs"` must name `my runs`, not `"my runs"`."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ArgumentTypeError(f"expects a number of seconds, got {text!r}. Example: --timeout 30") from None
+    if not math.isfinite(value) or value < 0:
+        raise ArgumentTypeError(f"expects a finite number of seconds >= 0, got {text!r}. Example: --timeout 30")
+    return value
 
 
 def _user_errors(method):
@@ -167,7 +194,7 @@ class DbxmlMagics(Settings, Magics):
     # ------------------------------------------------------------------ %aml_sync / %aml_panel
     @magic_arguments()
     @argument("--flush", action="store_true", help="Ship pending writes now and wait for them.")
-    @argument("--timeout", type=float, default=30.0, help="Seconds to wait with --flush.")
+    @argument("--timeout", type=_seconds, default=30.0, help="Seconds to wait with --flush.")
     @line_magic
     @_user_errors
     def aml_sync(self, line):

@@ -1,7 +1,7 @@
 """Turn what a user types for a model into one pinned model: URI, name, version, signature.
 
-Accepted: `models:/name/version`, `models:/name/latest`, `models:/name@alias`, a registered
-name (its latest version), `runs:/<run id>/<path>`, `models:/<logged model id>`, any other
+Accepted: `models:/name/version`, `models:/name/latest`, `models:/name@alias` (or `name@alias`),
+a registered name (its latest version), `runs:/<run id>/<path>`, `models:/<logged model id>`, any other
 model URI MLflow can read, and `last` (the last model registered in this session).
 Aliases and "latest" are resolved once, here, so the scoring and its record use the same
 version even if the alias moves meanwhile. Only metadata (the MLmodel file) is read.
@@ -68,6 +68,9 @@ def resolve_model(session, text: str) -> ModelRef:
         return _from_run(client, text)
     if "://" in text or text.startswith(("file:", "dbfs:")):
         return _unregistered(client, text)
+    if "@" in text:
+        name, alias = text.rsplit("@", 1)
+        return _by_alias(client, store, text, name, alias)
     return _registered(client, store, text, text, _latest_version(client, store, text))
 
 

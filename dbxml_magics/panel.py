@@ -585,14 +585,17 @@ class WorkspacePicker:
         self.embedded = StoreChoice(label=f"Embedded store ({session.store_dir})", local="")
         self.account_choices: list[StoreChoice] = []
         self.account_lookup: Future | None = None
-        self.store = widgets.Dropdown(description="Store", options=self._options(), value=self.embedded)
+        wide = widgets.Layout(width="560px")
+        self.store = widgets.Dropdown(description="Store", options=self._options(), value=self.embedded, layout=wide)
         self.uri = widgets.Text(
-            description="URI", placeholder="http://127.0.0.1:5000, databricks, sqlite:///path/mlflow.db, azureml://..."
+            description="URI",
+            placeholder="http://127.0.0.1:5000, databricks, sqlite:///path/mlflow.db, azureml://...",
+            layout=wide,
         )
         self.uri.observe(self._on_uri_typed, names="value")
         self.mode = widgets.Dropdown(description="Mode", options=self.MODES, value="")
         self.auth = widgets.Dropdown(description="Auth", options=AUTH_CHOICES, value="default")
-        self.experiment = widgets.Text(description="Experiment", value=session.experiment or "")
+        self.experiment = widgets.Text(description="Experiment", value=session.experiment or "", layout=wide)
         self.link_button = widgets.Button(description="Link", button_style="primary", icon="link")
         self.link_button.on_click(lambda _button: self.link())
         self.find_button = widgets.Button(

@@ -66,7 +66,7 @@ class ScoreRequest:
     @classmethod
     def from_args(cls, args) -> "ScoreRequest":
         names = cls.__dataclass_fields__
-        request = cls(**{name: getattr(args, name) for name in names if hasattr(args, name)})
+        request = cls(**{name: _unquoted(getattr(args, name)) for name in names if hasattr(args, name)})
         request.validate()
         return request
 
@@ -98,6 +98,15 @@ class ScoreRequest:
         if self.df:
             return f"DataFrame {self.df}"
         return f"{self.format} at {self.path}"
+
+
+def _unquoted(value):
+    """IPython's magic parser keeps the quotes of `--where "a > 1"`; the value is what is inside."""
+    if isinstance(value, list):
+        return [_unquoted(item) for item in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
 
 
 @dataclass
@@ -143,7 +152,7 @@ def score_from_args(session: Session, user_ns: dict, args):
         source = _load_input(choice, request, dataframe)
         schema = source.df.schema
         plan = plan_columns(model, schema, request, source.description)
-        result_type = _parse_result_type(request.result_type)
+        result_type = _parse_result_type(request.result_type) or _scalar_result_type(model)
         _check_outputs(choice, request)
         udf = _build_udf(spark, model, result_type)
         scored = source.df.withColumn(request.output_col, udf(*plan.expressions()))
@@ -195,8 +204,6 @@ def _is_pandas(value) -> bool:
 
 def _load_input(choice: SparkChoice, request: ScoreRequest, dataframe) -> _Input:
     """The input as a Spark DataFrame whose schema is known; analysis only, no job (csv/json infer theirs)."""
-    from pyspark.errors import PySparkException
-
     spark = choice.spark
     if request.table:
         if not spark.catalog.tableExists(request.table):
@@ -215,24 +222,22 @@ def _load_input(choice: SparkChoice, request: ScoreRequest, dataframe) -> _Input
         try:
             source.df = source.df.filter(request.where)
             source.df.schema  # noqa: B018 - analysis (no job) reports an invalid filter now
-        except PySparkException as exc:
+        except Exception as exc:  # noqa: BLE001 - analysis errors differ between classic and Connect
             raise ScoreError(f"--where {request.where!r} is not a valid filter on {source.description}: {_spark_message(exc)}") from None
         source.description += f" where {request.where}"
     return source
 
 
 def _read_path(spark, path: str, fmt: str):
-    from pyspark.errors import PySparkException
-
     reader = spark.read.format(fmt)
     if fmt == "csv":
         reader = reader.option("header", True).option("inferSchema", True)
     try:
         df = reader.load(path)
         df.schema  # noqa: B018 - Spark Connect analyses lazily; errors must surface here
-    except PySparkException as exc:
-        condition = _condition(exc)
-        if condition == "DATA_SOURCE_NOT_FOUND" or (fmt == "delta" and "delta" in str(exc).lower() and "find" in str(exc).lower()):
+    except Exception as exc:  # noqa: BLE001 - a missing data source arrives as a raw Py4J error
+        condition = _condition(exc) or ("DATA_SOURCE_NOT_FOUND" if "DATA_SOURCE_NOT_FOUND" in str(exc) else None)
+        if condition == "DATA_SOURCE_NOT_FOUND":
             raise ScoreError(
                 "Delta Lake is not available in this Spark session (delta-spark is not on its classpath); "
                 "start Spark with delta-spark, or read the files with --format parquet."
@@ -347,6 +352,31 @@ def _parse_result_type(text: str | None):
         raise ScoreError(
             f"--result-type {text!r} is not a Spark type; examples: double, long, string, boolean, array<double>."
         ) from None
+
+
+def _scalar_result_type(model: ModelRef):
+    """One value per row (a 1-D array output) becomes a plain column, not one-element arrays.
+
+    MLflow maps any tensor output to an array type; a classifier's `predict` returns a 1-D
+    array whose signature is a (-1,) tensor, and users expect `prediction: bigint`.
+    """
+    outputs = model.signature.outputs if model.signature is not None else None
+    if outputs is None or len(outputs.inputs) != 1 or not outputs.is_tensor_spec():
+        return None
+    spec = outputs.inputs[0]
+    if len(spec.shape) != 1:
+        return None
+    from pyspark.sql import types
+
+    by_kind = {
+        "b": types.BooleanType(),
+        "i": types.LongType() if spec.type.itemsize > 4 else types.IntegerType(),
+        "u": types.LongType(),
+        "f": types.DoubleType() if spec.type.itemsize > 4 else types.FloatType(),
+        "U": types.StringType(),
+        "O": types.StringType(),
+    }
+    return by_kind.get(spec.type.kind)
 
 
 class _QuietLocalEnvWarning(logging.Filter):

@@ -38,12 +38,21 @@ class TrackRequest:
     log_source: bool = True
 
 
+_MAX_TAG_KEY_LENGTH = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
+
+
 def parse_tags(items: list[str]) -> dict[str, str]:
     tags = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise TrackError(f"--tags expects key=value pairs; got {item!r}. Example: --tags team=ml stage=dev")
+        if len(key.strip()) > _MAX_TAG_KEY_LENGTH:
+            # SQLite stores would take it, every other MLflow backend refuses it later.
+            raise TrackError(
+                f"The tag key {key.strip()[:40]!r}... has {len(key.strip())} characters; MLflow allows "
+                f"{_MAX_TAG_KEY_LENGTH}. Use a shorter key."
+            )
         tags[key.strip()] = value
     return tags
 
@@ -75,6 +84,10 @@ def notebook_path(namespace: dict) -> str:
 def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
     """Run `cell` as an MLflow run; returns the value of the cell's last expression."""
     __tracebackhide__ = True  # noqa: F841 - IPython hides this frame in user tracebacks
+    if not cell.strip():
+        raise TrackError("The %%track cell is empty: put the code to track below the %%track line.")
+    if request.experiment is not None and not request.experiment.strip():
+        raise TrackError("--experiment needs a name. Example: --experiment churn-model")
     _check_names("--params", request.params)
     _check_names("--metrics", request.metrics)
     code = _compile_cell(shell, cell)
@@ -99,6 +112,9 @@ def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
             run_name=request.name, experiment_id=experiment_id, nested=request.nested, tags=tags
         )
     except Exception as exc:  # noqa: BLE001 - any store failure becomes one line
+        if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
+            # The store answered: the request (a tag key, a run name) is what needs fixing.
+            raise TrackError(f"{link.primary.display} refused the run: {_first_line(exc)}. The cell was not run.") from None
         raise TrackError(
             f"Could not start a run on {link.primary.display}: {_first_line(exc)}. The cell was not run; "
             "check that the store is reachable, or run %aml_link --local to use the embedded store."

@@ -55,11 +55,12 @@ __all__ = [
 ]
 
 AUTH_CHOICES = ("default", "interactive", "cli", "service-principal", "managed-identity")
-_AUTH_FIXES = (
-    "use --auth cli after `az login`, --auth service-principal with AZURE_TENANT_ID, AZURE_CLIENT_ID and "
-    "AZURE_CLIENT_SECRET set, --auth managed-identity on Azure compute, or --auth interactive to sign in "
-    "in a browser"
-)
+_AUTH_FIXES = {
+    "cli": "--auth cli after `az login`",
+    "service-principal": "--auth service-principal with AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET set",
+    "managed-identity": "--auth managed-identity on Azure compute",
+    "interactive": "--auth interactive to sign in in a browser",
+}
 # The SDK's search order (azureml-core Workspace.from_config): folder first, then file name.
 _CONFIG_DIRS = (".azureml", "aml_config", None)
 _CONFIG_FILES = ("config.json", "project.json")
@@ -313,17 +314,37 @@ class _CheckedCredential:
         return f"<Azure credential --auth {self.auth}>"
 
 
-def _cloud(name: str | None = None):
-    """The azureml-mlflow Cloud object for a known cloud name; unknown names would make the
-    plugin fetch metadata from ARM, so they are refused here."""
-    from azureml.mlflow._common._cloud.cloud import KNOWN_CLOUDS
+@dataclass(frozen=True)
+class _Cloud:
+    name: str
+    authority: str  # Entra ID host
+    arm_scope: str  # token scope for ARM and for the AML MLflow endpoint
 
+
+# Kept here rather than read from azureml-mlflow: a failing sign-in must not first pay the
+# plugin's import (seconds on a busy machine). Values as in azureml-mlflow's KNOWN_CLOUDS.
+_CLOUDS = {
+    "AzureCloud": _Cloud("AzureCloud", "login.microsoftonline.com", "https://management.azure.com/.default"),
+    "AzureChinaCloud": _Cloud("AzureChinaCloud", "login.chinacloudapi.cn", "https://management.chinacloudapi.cn/.default"),
+    "AzureUSGovernment": _Cloud(
+        "AzureUSGovernment", "login.microsoftonline.us", "https://management.usgovcloudapi.net/.default"
+    ),
+}
+
+
+def _auth_fixes(tried: str) -> str:
+    """The other --auth options, as the fix in a sign-in error."""
+    options = [text for auth, text in _AUTH_FIXES.items() if auth != tried]
+    return "use " + ", ".join(options[:-1]) + ", or " + options[-1]
+
+
+def _cloud(name: str | None = None) -> _Cloud:
+    """The named cloud (AZUREML_CURRENT_CLOUD, default AzureCloud). An unknown name is refused:
+    the plugin would fetch cloud metadata from ARM for it and print a long network error."""
     name = name or os.environ.get("AZUREML_CURRENT_CLOUD") or "AzureCloud"
-    if name not in KNOWN_CLOUDS:
-        raise LinkError(
-            f"Unknown Azure cloud {name!r} (AZUREML_CURRENT_CLOUD): use one of {', '.join(KNOWN_CLOUDS)}."
-        )
-    return KNOWN_CLOUDS[name]
+    if name not in _CLOUDS:
+        raise LinkError(f"Unknown Azure cloud {name!r} (AZUREML_CURRENT_CLOUD): use one of {', '.join(_CLOUDS)}.")
+    return _CLOUDS[name]
 
 
 def credential_for(auth: str, cloud_name: str | None = None, tenant_id: str | None = None, timeout: float = 10.0):
@@ -333,12 +354,18 @@ def credential_for(auth: str, cloud_name: str | None = None, tenant_id: str | No
     DefaultAzureCredential without its interactive member, so a headless kernel never waits
     for a person. Secrets are read from the environment by azure-identity, never passed here.
     """
+    import logging
+
     from azure import identity
 
+    # azure-identity logs each failed attempt as a multi-line WARNING (printed by Python's
+    # last-resort handler in a kernel); the one LinkError line says it. A level the user set stays.
+    identity_log = logging.getLogger("azure.identity")
+    if identity_log.level == logging.NOTSET:
+        identity_log.setLevel(logging.ERROR)
     if auth not in AUTH_CHOICES:
         raise LinkError(f"Unknown --auth {auth!r}: use one of {', '.join(AUTH_CHOICES)}.")
-    cloud = _cloud(cloud_name)
-    authority = cloud._get_authority()
+    authority = _cloud(cloud_name).authority
     tenant_id = os.environ.get("AZURE_TENANT_ID") or tenant_id
     process_timeout = max(1, int(timeout))
     if auth == "default":
@@ -387,19 +414,18 @@ def credential_for(auth: str, cloud_name: str | None = None, tenant_id: str | No
 
 def check_credential(credential: _CheckedCredential, cloud_name: str | None, timeout: float) -> None:
     """Obtain one token within `timeout` s; a failure or a hang is one line naming the --auth options."""
-    scope = _cloud(cloud_name)._get_default_scope()
+    scope = _cloud(cloud_name).arm_scope
     wait = _INTERACTIVE_TIMEOUT if credential.auth == "interactive" else timeout
+    what = f"Azure sign-in with --auth {credential.auth}"
     try:
         _within(wait, lambda: credential.get_token(scope))
     except TimeoutError:
         raise LinkError(
-            f"Azure sign-in with --auth {credential.auth} gave no token within {wait:g} s; {_AUTH_FIXES} "
+            f"{what} gave no token within {wait:g} s; {_auth_fixes(credential.auth)} "
             "(%config DbxmlMagics.credential_timeout sets the wait)."
         ) from None
     except Exception as exc:  # noqa: BLE001 - azure-identity's errors are long and multi-line
-        raise LinkError(
-            f"Azure sign-in with --auth {credential.auth} failed ({_first_line(exc)}); {_AUTH_FIXES}."
-        ) from None
+        raise LinkError(f"{what} failed ({_first_line(exc)}); {_auth_fixes(credential.auth)}.") from None
 
 
 def _within(seconds: float, work: Callable[[], Any]) -> Any:
@@ -523,6 +549,7 @@ def target_from_azureml_uri(uri: str, args=None, settings=None) -> Target:
 def _service_context(target: Target):
     """The plugin's ServiceContext for a Target: our credential and a named cloud, so the
     plugin neither builds its interactive credential chain nor fetches cloud metadata."""
+    from azureml.mlflow._common._cloud.cloud import KNOWN_CLOUDS
     from azureml.mlflow._internal.utils import ServiceContext
 
     ref = _ref_from_uri(target.uri)
@@ -532,7 +559,7 @@ def _service_context(target: Target):
         workspace_name=ref.workspace,
         resource_group_name=ref.resource_group,
         auth=target.credential,
-        cloud=_cloud(),
+        cloud=KNOWN_CLOUDS[_cloud().name],
     )
 
 
@@ -571,7 +598,7 @@ def _probe_failure(target: Target, exc: Exception) -> str:
     if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"\b(401|403)\b", text):
         return (
             f"{where} rejected the credential of --auth {getattr(target.credential, 'auth', 'default')}: "
-            f"sign in again or {_AUTH_FIXES}; the previous link is unchanged."
+            f"sign in again or {_auth_fixes('')}; the previous link is unchanged."
         )
     if code in ("RESOURCE_DOES_NOT_EXIST", "ENDPOINT_NOT_FOUND") or re.search(r"\b404\b", text):
         return f"{where} has no MLflow endpoint there: check the URI or link with -s/-g/-w; the previous link is unchanged."

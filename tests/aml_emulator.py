@@ -64,6 +64,7 @@ class AmlEmulator:
         self.tokens_issued: list[str] = []
         self.token_requests = 0
         self.rejecting = False  # answer 401 to everything (an expired or revoked token)
+        self.throttled_batches = 0  # answer 429 to this many log-batch requests (AML throttles)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -123,6 +124,13 @@ class AmlEmulator:
             self.tokens_issued.append(token)
             self.token_requests += 1
         return token
+
+    def _take_throttle(self) -> bool:
+        with self._lock:
+            if self.throttled_batches > 0:
+                self.throttled_batches -= 1
+                return True
+            return False
 
     def _token_is_valid(self, authorization: str | None) -> bool:
         if not authorization or not authorization.startswith("Bearer "):
@@ -208,6 +216,9 @@ def _handler_for(emulator: AmlEmulator):
             if not authorized or emulator.rejecting:
                 self._error(401, "UNAUTHENTICATED", "The access token is missing, invalid or expired.")
                 return 401
+            if inner is not None and inner.endswith("/runs/log-batch") and emulator._take_throttle():
+                self._error(429, "REQUEST_LIMIT_EXCEEDED", "Too many requests; retry later.")
+                return 429
             if inner is None:
                 self._error(404, "RESOURCE_DOES_NOT_EXIST", f"No workspace at {parts.path}")
                 return 404
@@ -294,6 +305,14 @@ def azure_env(monkeypatch, tmp_path_factory):
 def aml_emulator(mlflow_server):
     """The emulated AML workspace endpoint in front of the shared real MLflow server."""
     emulator = AmlEmulator(mlflow_server.uri).start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def identity_endpoint():
+    """The emulator's managed-identity token endpoint alone (no MLflow server behind it)."""
+    emulator = AmlEmulator("http://127.0.0.1:9").start()
     yield emulator
     emulator.stop()
 

@@ -246,3 +246,18 @@ def test_unlink_from_aml_returns_to_embedded(ext, shell, aml_workspace, tmp_path
     shell.run_cell_magic("track", "home --no-source", "y = 2")
     local = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert local.get_run(ext.last_run.run_id).info.run_name == "home"
+
+
+def test_throttled_mirror_catches_up_without_duplicates(ext, shell, aml_workspace, mlflow_server):
+    """AML answers 429 under heavy logging: the batches wait and arrive once, in order."""
+    emulator = aml_workspace
+    shell.run_line_magic("aml_link", link_line(emulator, "--mode both --auth managed-identity"))
+    emulator.throttled_batches = 4
+    shell.run_cell_magic("track", "throttled --no-source", CELL_300)
+    run_id = ext.last_run.run_id
+    assert ext.journal.flush(timeout=60)
+    assert len(emulator.mlflow_requests("/runs/log-batch")) >= 5
+    assert sum(r.status == 429 for r in emulator.requests) == 4
+    mirror_id = ext.journal.mirror_run_id(run_id)
+    history = mlflow_server.client().get_metric_history(mirror_id, "loss")
+    assert [m.step for m in history] == list(range(300))

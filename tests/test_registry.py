@@ -25,9 +25,13 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _embedded_client(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _client(uri):
+    # Explicit registry: the session points MLflow's global registry at the primary store.
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _embedded_client(tmp_path):
+    return _client(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def _versions(client, name):
@@ -112,7 +116,7 @@ def test_alias_tags_description_and_load_back_by_alias_on_server(linked, shell, 
         "--description 'iris baseline'",
     )
     assert f"Registered {name} version 1" in capsys.readouterr().out
-    client = mlflow_server.client()
+    client = _client(mlflow_server.uri)
     version = client.get_model_version_by_alias(name, "champion")
     assert version.version == "1"
     assert version.run_id == linked.last_run.run_id
@@ -147,7 +151,7 @@ def test_spark_pipeline_model_registered_and_loaded_back(linked, shell, mlflow_s
     assert "\n" not in str(info.value)
 
     shell.run_line_magic("aml_register", f"{name} --model pm --input-example sample")
-    client = mlflow_server.client()
+    client = _client(mlflow_server.uri)
     assert _versions(client, name) == [1]
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_registry_uri(mlflow_server.uri)
@@ -190,12 +194,13 @@ def test_register_from_run_last_and_from_runs_uri(linked, shell, mlflow_server):
     shell.run_line_magic("aml_register", f"{from_run} --run last")
     shell.run_line_magic("aml_register", f"{from_uri} --uri runs:/{run_id}/model --alias prod")
 
-    client = mlflow_server.client()
+    client = _client(mlflow_server.uri)
     first = client.get_model_version(from_run, "1")
     second = client.get_model_version_by_alias(from_uri, "prod")
     assert first.run_id == second.run_id == run_id
-    # MLflow 3 logged models are registered as themselves (the version links to the model id).
-    assert first.model_id and first.model_id == second.model_id
+    # An MLflow 3 logged model (not in the run's artifacts) is registered as itself.
+    logged = client.get_run(run_id).outputs.model_outputs[0].model_id
+    assert first.source == second.source == f"models:/{logged}"
     model = _load(f"models:/{from_uri}@prod", mlflow_server.uri)
     X = shell.user_ns["X"]
     assert (model.predict(X) == shell.user_ns["clf"].predict(X)).all()
@@ -278,7 +283,7 @@ def test_version_refused_by_server_leaves_no_registered_model(linked, shell, mlf
     with pytest.raises(UsageError, match=f"refused to register '{name}'.*Nothing was registered") as info:
         shell.run_line_magic("aml_register", f"{name} --uri {tmp_path / 'local-model'}")
     assert "\n" not in str(info.value)
-    assert mlflow_server.client().search_registered_models(filter_string=f"name = '{name}'") == []
+    assert _client(mlflow_server.uri).search_registered_models(filter_string=f"name = '{name}'") == []
 
 
 def test_unreachable_registry_is_one_line_and_nothing_is_created(ext, shell, own_server):
@@ -290,7 +295,7 @@ def test_unreachable_registry_is_one_line_and_nothing_is_created(ext, shell, own
         shell.run_line_magic("aml_register", "iris --model clf")
     assert "\n" not in str(info.value)
     own_server.start()
-    client = own_server.client()
+    client = _client(own_server.uri)
     assert client.search_registered_models() == []
     assert [a.path for a in client.list_artifacts(run_id)] == ["cell.py"]
     assert ext.models == []
@@ -298,7 +303,8 @@ def test_unreachable_registry_is_one_line_and_nothing_is_created(ext, shell, own
 
 # ---------------------------------------------------------------------- both mode
 def test_both_mode_registers_on_mirror_and_queues_while_it_is_down(ext, shell, mlflow_server, own_server, capsys):
-    shell.run_line_magic("config", "DbxmlMagics.flush_timeout = 3")
+    # Long enough for the mirror run, its artifacts and the registration on a busy machine.
+    shell.run_line_magic("config", "DbxmlMagics.flush_timeout = 60")
     shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
     shell.run_line_magic("aml_link", f"--uri {own_server.uri} --mode both")
     name = _unique("mirrored")
@@ -310,7 +316,7 @@ def test_both_mode_registers_on_mirror_and_queues_while_it_is_down(ext, shell, m
     assert f"Registered {name} version 1 from run {run_id}" in out
     assert f"Mirror {own_server.uri}: {name} version 1" in out
     assert ext.last_model.mirror_version == "1"
-    mirror = own_server.client()
+    mirror = _client(own_server.uri)
     mirrored = mirror.get_model_version_by_alias(name, "champion")
     mirror_run = mirror.get_run(mirrored.run_id)
     assert mirror_run.data.tags["dbxml.source_run_id"] == run_id
@@ -321,18 +327,19 @@ def test_both_mode_registers_on_mirror_and_queues_while_it_is_down(ext, shell, m
 
     # Mirror down: the primary registers at once, the mirror's registration waits in the journal.
     own_server.stop()
+    shell.run_line_magic("config", "DbxmlMagics.flush_timeout = 3")
     shell.run_line_magic("aml_register", f"{name} --model clf")
     captured = capsys.readouterr()
     assert f"Registered {name} version 2" in captured.out
     assert "registration queued" in captured.err
-    assert _versions(mlflow_server.client(), name) == [1, 2]
+    assert _versions(_client(mlflow_server.uri), name) == [1, 2]
     record = ext.last_model
     assert record.mirror_version is None
     assert ext.journal.pending(run_id) > 0
     own_server.start()
     assert ext.journal.flush(timeout=90)
     assert record.mirror_version == "2"
-    assert _versions(own_server.client(), name) == [1, 2]
+    assert _versions(_client(own_server.uri), name) == [1, 2]
     # Replays register once: flushing again changes nothing.
     assert ext.journal.flush(timeout=10)
-    assert _versions(own_server.client(), name) == [1, 2]
+    assert _versions(_client(own_server.uri), name) == [1, 2]

@@ -79,3 +79,90 @@ def test_bad_arguments_are_one_line(ext, shell, line, message):
     assert "\n" not in str(info.value)
     assert "never_assigned_by_bad_track" not in shell.user_ns
     assert mlflow.active_run() is None
+
+
+def test_line_expansion_experiment_nested_artifacts_autolog(ext, shell, tmp_path):
+    shell.user_ns["run_label"] = "expanded"
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "a.txt").write_text("a")
+    (tmp_path / "outputs" / "sub").mkdir()
+    (tmp_path / "outputs" / "sub" / "b.txt").write_text("b")
+    (tmp_path / "report.csv").write_text("x\n1\n")
+    shell.run_cell_magic("track", "outer --experiment exp-one", "outer_ran = True")
+    outer_id = ext.last_run.run_id
+    import mlflow as _mlflow
+
+    with _mlflow.start_run(run_id=outer_id):
+        shell.run_cell_magic(
+            "track",
+            "{run_label} --nested --experiment exp-one --artifacts outputs *.csv --autolog",
+            "from sklearn.linear_model import LinearRegression\nmodel = LinearRegression().fit([[0], [1], [2]], [0, 1, 2])",
+        )
+    child = ext.last_run
+    client = _mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(child.run_id)
+    assert run.info.run_name == "expanded"
+    assert run.data.tags["mlflow.parentRunId"] == outer_id
+    assert client.get_experiment(run.info.experiment_id).name == "exp-one"
+    top = {a.path for a in client.list_artifacts(child.run_id)}
+    assert {"outputs", "report.csv", "cell.py"} <= top
+    assert {a.path for a in client.list_artifacts(child.run_id, "outputs/sub")} == {"outputs/sub/b.txt"}
+    assert "training_score" in run.data.metrics  # logged by sklearn autolog inside the cell
+    assert _mlflow.active_run() is None
+
+
+def test_output_and_last_expression_as_without_magic(ext, shell, capsys):
+    value = shell.run_cell_magic("track", "--no-source", "print('visible output')\n40 + 2")
+    assert value == 42
+    assert "visible output" in capsys.readouterr().out
+
+
+def test_missing_metric_variable_is_reported_not_fatal(ext, shell, capsys, tmp_path):
+    shell.run_cell_magic("track", "partial --metrics nothere label --params nothere", "label = 'text'")
+    err = capsys.readouterr().err
+    assert "no variable 'nothere'" in err and "'label' is not a number" in err
+    assert ext.last_run.status == "FINISHED"
+
+
+def test_syntax_error_starts_no_run(ext, shell, tmp_path):
+    with pytest.raises(UsageError, match="syntax error"):
+        shell.run_cell_magic("track", "bad", "def broken(:\n    pass")
+    assert ext.runs == []
+
+
+def test_active_run_is_refused_without_nested(ext, shell):
+    import mlflow as _mlflow
+
+    ext.activate()
+    with _mlflow.start_run():
+        with pytest.raises(UsageError, match="--nested"):
+            shell.run_cell_magic("track", "clash", "unreached_by_clash = 1")
+    assert "unreached_by_clash" not in shell.user_ns
+
+
+def test_load_ext_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
+        "ip.run_line_magic('load_ext', 'dbxml_magics')\n"
+        "print(sorted(m for m in ('mlflow', 'pyspark', 'azureml', 'ipywidgets', 'azure.identity') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_magic_help_is_available(ext, shell):
+    doc = shell.find_cell_magic("track").__doc__
+    assert "--params" in doc and "--no-source" in doc
+
+
+def test_environment_tracking_uri_is_respected(shell, mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    from dbxml_magics.session import get_session
+
+    shell.run_line_magic("load_ext", "dbxml_magics")
+    session = get_session(shell)
+    shell.run_cell_magic("track", "via-env", "pass")
+    assert mlflow_server.client().get_run(session.last_run.run_id).info.status == "FINISHED"

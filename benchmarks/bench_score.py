@@ -1,0 +1,149 @@
+"""`%aml_score` vs the hand-written `mlflow.pyfunc.spark_udf` pipeline, on one Spark session.
+
+Both score the same 1,000,000-row parquet table with the same registered scikit-learn model
+and produce the same thing, in two shapes:
+- files:  `%aml_score MODEL --table T --save-path P` vs `spark_udf` + `withColumn` + `write.parquet`;
+- memory: `%aml_score MODEL --table T --into VAR`    vs `spark_udf` + `withColumn` + `cache()` + `count()`.
+Wall time covers everything each side does (model lookup and download, UDF, job, and for
+the magic its checks, record and preview). The ratio is magic rows/s over hand-written
+rows/s; the target is >= 0.9. Python workers are warmed up first so neither side pays
+their start-up.
+
+    .venv/bin/python benchmarks/bench_score.py [--rows 1000000] [--rounds 1]
+"""
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def _spark():
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("bench-score")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "2")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _register_model() -> str:
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    features, target = load_iris(return_X_y=True, as_frame=True)
+    features.columns = FEATURES
+    model = LogisticRegression(max_iter=500).fit(features, target)
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(
+            model, name="model", registered_model_name="bench-iris",
+            signature=infer_signature(features, model.predict(features)),
+        )
+    return "models:/bench-iris/1"
+
+
+def _input_table(spark, rows: int, folder: str, name: str) -> None:
+    from pyspark.sql import functions as F
+
+    columns = [(F.rand(seed=i) * 7).alias(column) for i, column in enumerate(FEATURES)]
+    spark.range(rows, numPartitions=4).select(*columns).write.parquet(folder)
+    spark.read.parquet(folder).createOrReplaceTempView(name)
+
+
+def _by_hand(spark, model_uri: str, table: str, shape: str, out: str) -> int:
+    import mlflow
+    from pyspark.sql.types import LongType
+
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=LongType(), env_manager="local")
+    scored = spark.table(table).withColumn("prediction", udf(*FEATURES))
+    if shape == "files":
+        scored.write.parquet(out)
+        return spark.read.parquet(out).count()
+    cached = scored.cache()
+    rows = cached.count()
+    cached.unpersist()
+    return rows
+
+
+def _by_magic(shell, model_uri: str, table: str, shape: str, out: str) -> int:
+    target = f"--save-path {out}" if shape == "files" else "--into scored"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        shell.run_line_magic("aml_score", f"{model_uri} --table {table} {target} --limit 10")
+    if shape == "memory":
+        shell.user_ns.pop("scored").unpersist()
+    from dbxml_magics.session import get_session
+
+    return get_session(shell).scorings[-1].rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=1, help="Timed runs per side and shape (best is kept).")
+    args = parser.parse_args()
+
+    os.chdir(tempfile.mkdtemp(prefix="bench-score-"))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import logging
+
+    import mlflow
+    from IPython.core.interactiveshell import InteractiveShell
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "dbxml_magics")
+    mlflow.set_tracking_uri(f"sqlite:///{os.getcwd()}/mlflow.db")
+    model_uri = _register_model()
+    spark = _spark()
+    started = time.perf_counter()
+    _input_table(spark, args.rows, os.path.abspath("input.parquet"), "bench_input")
+    _input_table(spark, 20_000, os.path.abspath("warm.parquet"), "bench_warm")
+    print(f"input: {args.rows:,} rows of parquet written in {time.perf_counter() - started:.1f} s")
+    _by_hand(spark, model_uri, "bench_warm", "memory", "")
+    _by_magic(shell, model_uri, "bench_warm", "memory", "")
+
+    best: dict[tuple[str, str], float] = {}
+    for shape in ("files", "memory"):
+        for round_ in range(args.rounds):
+            for side, run in (("hand", _by_hand), ("magic", _by_magic)):
+                target = shell if side == "magic" else spark
+                out = os.path.abspath(f"out-{shape}-{side}-{round_}.parquet")
+                started = time.perf_counter()
+                rows = run(target, model_uri, "bench_input", shape, out)
+                seconds = time.perf_counter() - started
+                assert rows == args.rows, (side, shape, rows)
+                best[(shape, side)] = min(best.get((shape, side), float("inf")), seconds)
+    worst_ratio = float("inf")
+    for shape in ("files", "memory"):
+        hand = args.rows / best[(shape, "hand")]
+        magic = args.rows / best[(shape, "magic")]
+        ratio = magic / hand
+        worst_ratio = min(worst_ratio, ratio)
+        print(
+            f"{shape:>6}: spark_udf by hand {hand:,.0f} rows/s ({best[(shape, 'hand')]:.1f} s), "
+            f"%aml_score {magic:,.0f} rows/s ({best[(shape, 'magic')]:.1f} s), ratio {ratio:.2f}"
+        )
+    print(f"%aml_score / hand-written throughput: {worst_ratio:.2f} (target >= 0.9) "
+          f"{'OK' if worst_ratio >= 0.9 else 'BELOW TARGET'}")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()

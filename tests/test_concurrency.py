@@ -1,0 +1,101 @@
+"""Two kernels on one working directory, tracking at the same time into the same embedded
+store (default link, no %aml_link): every run arrives, FINISHED, with its params and
+metrics, and no "database is locked" reaches either user.
+
+The kernels are real IPython shells in their own processes (as in test_journal's killed
+kernel test); each runs its cells through `run_cell`, so whatever a user would see -
+errors, notes, tracebacks - lands on that process's stdout/stderr, which is checked.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import mlflow
+from mlflow.entities import ViewType
+
+RUNS_PER_KERNEL = 100
+
+_KERNEL = textwrap.dedent(
+    """
+    import os, sys, time
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "dbxml_magics")
+    kernel = sys.argv[1]
+    open(f"ready-{kernel}", "w").close()
+    while not os.path.exists("go"):  # both kernels start their cells together
+        time.sleep(0.01)
+    failures = 0
+    for index in range(int(sys.argv[2])):
+        result = ip.run_cell(
+            f"%%track {kernel}-{index} --params kernel index --metrics score steps\\n"
+            f"kernel = {kernel!r}\\nindex = {index}\\nscore = {index} / 100\\nsteps = [1.0, 2.0, 3.0]\\n"
+            "import mlflow\\nmlflow.log_metric('inside', index)\\n"
+        )
+        failures += not result.success
+    ip.run_line_magic("unload_ext", "dbxml_magics")
+    print("DONE", kernel, "failures", failures, flush=True)
+    """
+)
+
+
+def _start_kernel(name: str, folder, env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _KERNEL, name, str(RUNS_PER_KERNEL)],
+        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for_files(paths, timeout: float, kernels) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        for kernel in kernels:
+            if kernel.poll() is not None:
+                raise AssertionError(f"a kernel exited early: {kernel.communicate()[1][-3000:]}")
+        assert time.monotonic() < deadline, "kernels did not load the extension in time"
+        time.sleep(0.05)
+
+
+def test_two_kernels_track_into_one_embedded_store_without_losing_runs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION")}
+    kernels = {name: _start_kernel(name, tmp_path, env) for name in ("alpha", "beta")}
+    try:
+        _wait_for_files([tmp_path / f"ready-{name}" for name in kernels], 180, kernels.values())
+        (tmp_path / "go").touch()
+        outputs = {name: kernel.communicate(timeout=900) for name, kernel in kernels.items()}
+    finally:
+        for kernel in kernels.values():
+            if kernel.poll() is None:
+                kernel.kill()
+                kernel.wait()
+
+    for name, (stdout, stderr) in outputs.items():
+        seen = stdout + stderr
+        assert kernels[name].returncode == 0, seen[-3000:]
+        assert f"DONE {name} failures 0" in stdout, seen[-3000:]
+        assert "locked" not in seen, seen[-3000:]
+        assert "Traceback" not in seen and "Error" not in seen, seen[-3000:]
+        assert "dbxml:" not in seen, seen[-3000:]  # no "kept in the journal" or skipped-variable notes
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(experiment_ids, run_view_type=ViewType.ALL, max_results=1000)
+    by_name = {run.info.run_name: run for run in runs}
+    expected = {f"{kernel}-{index}" for kernel in kernels for index in range(RUNS_PER_KERNEL)}
+    assert len(runs) == len(expected) == 2 * RUNS_PER_KERNEL
+    assert set(by_name) == expected
+    for name, run in by_name.items():
+        kernel, index = name.rsplit("-", 1)
+        assert run.info.status == "FINISHED", name
+        assert run.data.params == {"kernel": kernel, "index": index}, name
+        assert run.data.metrics == {"score": int(index) / 100, "steps": 3.0, "inside": float(index)}, name
+        assert [m.value for m in client.get_metric_history(run.info.run_id, "steps")] == [1.0, 2.0, 3.0], name
+    # Nothing is left waiting in the shared journal: each kernel shipped its own rows.
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / ".dbxml" / "journal.sqlite") as journal:
+        assert journal.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 0

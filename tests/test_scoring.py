@@ -1,0 +1,501 @@
+"""%aml_score on real Spark: a local session, a Spark Connect server, and a fresh kernel process.
+
+Models are registered with plain MLflow into a module-wide embedded store (one test uses
+the working directory's own store). Predictions are compared with the model's own
+`predict` on the same rows; every bad input asserts its one-line message.
+"""
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from IPython.core.error import UsageError
+
+from dbxml_magics.session import ModelRecord
+
+pytestmark = pytest.mark.spark
+
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+# ---------------------------------------------------------------------- data and models
+def _iris() -> pd.DataFrame:
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame
+    frame.columns = FEATURES + ["target"]
+    frame.insert(0, "id", range(len(frame)))
+    return frame
+
+
+def _log(model, name=None, signature=True, frame=None, flavor="sklearn"):
+    from mlflow.models import infer_signature
+
+    frame = _iris() if frame is None else frame
+    kwargs = {"registered_model_name": name} if name else {}
+    if signature:
+        kwargs["signature"] = infer_signature(frame[FEATURES], model.predict(frame[FEATURES]))
+    with mlflow.start_run() as run:
+        if flavor == "sklearn":
+            mlflow.sklearn.log_model(model, name="model", **kwargs)
+        else:
+            if signature:
+                kwargs["signature"] = infer_signature(frame[FEATURES], np.ones(len(frame)))
+            mlflow.pyfunc.log_model(name="model", python_model=model, **kwargs)
+    return run.info.run_id
+
+
+class Registry:
+    """A module-wide embedded store holding the registered models the tests score with."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.uri = f"sqlite:///{folder / 'mlflow.db'}"
+        self.run_ids: dict[str, str] = {}
+
+    def expected(self, model_uri: str, frame: pd.DataFrame) -> np.ndarray:
+        with_uri = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.uri)
+        try:
+            return np.asarray(mlflow.pyfunc.load_model(model_uri).predict(frame[FEATURES]))
+        finally:
+            mlflow.set_tracking_uri(with_uri)
+
+
+def _slow_model():
+    # Defined here so cloudpickle ships the class by value to Spark's Python workers.
+    class SlowModel(mlflow.pyfunc.PythonModel):
+        def predict(self, model_input, params=None):
+            time.sleep(0.8)
+            return np.ones(len(model_input))
+
+    return SlowModel()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    folder = tmp_path_factory.mktemp("registry")
+    registry = Registry(folder)
+    frame = _iris()
+    previous_dir, previous_uri = os.getcwd(), mlflow.get_tracking_uri()
+    os.chdir(folder)
+    mlflow.set_tracking_uri(registry.uri)
+    try:
+        classifier = LogisticRegression(max_iter=500).fit(frame[FEATURES], frame["target"])
+        registry.run_ids["v1"] = _log(classifier, "iris-clf", frame=frame)
+        constant = DummyClassifier(strategy="constant", constant=2).fit(frame[FEATURES], frame["target"])
+        registry.run_ids["v2"] = _log(constant, "iris-clf", frame=frame)
+        mlflow.MlflowClient().set_registered_model_alias("iris-clf", "champion", "1")
+        registry.run_ids["raw"] = _log(classifier, "iris-raw", signature=False, frame=frame)
+        registry.run_ids["slow"] = _log(_slow_model(), "slow", flavor="pyfunc", frame=frame)
+        registry.run_ids["unregistered"] = _log(classifier, None, frame=frame)
+    finally:
+        os.chdir(previous_dir)
+        mlflow.set_tracking_uri(previous_uri)
+    return registry
+
+
+@pytest.fixture
+def scoring(ext, registry):
+    """The extension loaded, MLflow pointed at the module's registry (as `mlflow.set_tracking_uri` would)."""
+    mlflow.set_tracking_uri(registry.uri)
+    return ext
+
+
+def _view(spark, frame: pd.DataFrame, prefix="iris") -> str:
+    name = f"{prefix}_{time.monotonic_ns()}"
+    spark.createDataFrame(frame).createOrReplaceTempView(name)
+    return name
+
+
+def _scored(shell, variable="scored") -> pd.DataFrame:
+    return shell.user_ns[variable].toPandas().sort_values("id").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------- local Spark
+def test_table_scored_with_registered_name_equals_model_predict(scoring, shell, spark, registry, capsys):
+    frame = _iris()
+    table = _view(spark, frame)
+    events = []
+    scoring.subscribe(lambda event, payload: events.append((event, payload)))
+
+    assert shell.run_line_magic("aml_score", f"models:/iris-clf/1 --table {table} --into scored --limit 3") is None
+
+    scored = _scored(shell)
+    assert list(scored.columns) == ["id", *FEATURES, "target", "prediction"]
+    assert scored["prediction"].dtype == np.int64
+    np.testing.assert_array_equal(scored["prediction"], registry.expected("models:/iris-clf/1", frame))
+    record = scoring.scorings[-1]
+    assert (record.model_uri, record.model_version, record.input, record.rows) == (
+        "models:/iris-clf/1", "1", f"table {table}", 150
+    )
+    assert record.seconds > 0 and "variable scored" in record.output
+    assert events[-1] == ("scored", record)
+    out = capsys.readouterr().out
+    assert f"Scored 150 rows of table {table} with iris-clf v1" in out
+    assert "on the active Spark session (master local[2])" in out
+
+
+def test_every_model_reference_form_pins_the_version_it_means(scoring, shell, spark, registry):
+    frame = _iris()
+    table = _view(spark, frame)
+    v1 = registry.expected("models:/iris-clf/1", frame)
+    assert not np.array_equal(v1, registry.expected("models:/iris-clf/2", frame))
+    scoring.add_model(ModelRecord(name="iris-clf", version="1", source_run_id=None, model_uri="models:/iris-clf/1"))
+    run_v1 = registry.run_ids["v1"]
+    cases = [
+        ("iris-clf", "models:/iris-clf/2", "2"),
+        ("models:/iris-clf/latest", "models:/iris-clf/2", "2"),
+        ("models:/iris-clf@champion", "models:/iris-clf/1", "1"),
+        ("last", "models:/iris-clf/1", "1"),
+        (f"runs:/{run_v1}/model", f"runs:/{run_v1}/model", None),
+    ]
+    for reference, pinned, version in cases:
+        shell.run_line_magic("aml_score", f"{reference} --table {table} --into scored --limit 0")
+        expected = registry.expected(pinned, frame)
+        np.testing.assert_array_equal(_scored(shell)["prediction"], expected, err_msg=reference)
+        assert (scoring.scorings[-1].model_uri, scoring.scorings[-1].model_version) == (pinned, version)
+
+
+def test_pandas_input_with_column_mapping_filter_output_col_and_result_type(scoring, shell, spark, registry):
+    frame = _iris()
+    renamed = frame.rename(columns=dict(zip(FEATURES, ["a", "b", "c", "d"])))
+    shell.user_ns["measurements"] = renamed
+
+    shell.run_line_magic(
+        "aml_score",
+        'models:/iris-clf/1 --df measurements --columns a b c d --where "a > 5.0" --output-col label '
+        "--result-type double --into scored --limit 0",
+    )
+
+    result = shell.user_ns["scored"]
+    assert dict(result.dtypes)["label"] == "double"
+    scored = result.toPandas().sort_values("id")
+    kept = frame[frame["sepal_length"] > 5.0]
+    assert len(scored) == len(kept) == scoring.scorings[-1].rows
+    np.testing.assert_array_equal(scored["label"], registry.expected("models:/iris-clf/1", kept).astype(float))
+    assert scoring.scorings[-1].input == "DataFrame measurements (150 pandas rows) where a > 5.0"
+
+
+def test_spark_dataframe_with_integer_columns_is_cast_to_the_signature_types(scoring, shell, spark, registry):
+    frame = _iris()
+    whole = frame.copy()
+    whole[FEATURES] = (whole[FEATURES] * 10).round().astype("int32")
+    shell.user_ns["tenths"] = spark.createDataFrame(whole)
+
+    shell.run_line_magic("aml_score", "models:/iris-clf/1 --df tenths --into scored --limit 0")
+
+    np.testing.assert_array_equal(
+        _scored(shell)["prediction"], registry.expected("models:/iris-clf/1", whole.astype({c: float for c in FEATURES}))
+    )
+
+
+def test_model_without_signature_scores_named_columns(scoring, shell, spark, registry):
+    frame = _iris()
+    table = _view(spark, frame)
+    shell.run_line_magic("aml_score", f"iris-raw --table {table} --columns {' '.join(FEATURES)} --into scored --limit 0")
+    np.testing.assert_array_equal(_scored(shell)["prediction"], registry.expected("models:/iris-raw/1", frame))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json"])
+def test_files_are_read_in_each_format(scoring, shell, spark, registry, tmp_path, fmt):
+    frame = _iris()
+    folder = tmp_path / f"input.{fmt}"
+    writer = spark.createDataFrame(frame).coalesce(1).write
+    {"parquet": writer.parquet, "csv": lambda p: writer.option("header", True).csv(p), "json": writer.json}[fmt](str(folder))
+
+    shell.run_line_magic("aml_score", f"iris-clf@champion --path {folder} --format {fmt} --into scored --limit 0")
+
+    np.testing.assert_array_equal(_scored(shell)["prediction"], registry.expected("models:/iris-clf/1", frame))
+    assert scoring.scorings[-1].input == f"{fmt} files at {folder}"
+
+
+def test_results_saved_as_table_and_files_and_preview_shown(scoring, shell, spark, registry, tmp_path, capsys):
+    frame = _iris()
+    table = _view(spark, frame)
+    saved_table = f"scored_{time.monotonic_ns()}"
+    saved_path = tmp_path / "scored.parquet"
+
+    returned = shell.run_line_magic(
+        "aml_score", f"models:/iris-clf/1 --table {table} --save-as {saved_table} --save-path {saved_path} --limit 4"
+    )
+
+    expected = registry.expected("models:/iris-clf/1", frame)
+    from_table = spark.table(saved_table).toPandas().sort_values("id")
+    from_files = spark.read.parquet(str(saved_path)).toPandas().sort_values("id")
+    np.testing.assert_array_equal(from_table["prediction"], expected)
+    np.testing.assert_array_equal(from_files["prediction"], expected)
+    assert returned.count() == 150  # without --into the result is the magic's value
+    assert scoring.scorings[-1].output == f"table {saved_table}, parquet at {saved_path}"
+    out = capsys.readouterr().out
+    assert "prediction" in out.split("output:", 1)[1]  # the preview table follows the summary
+    with pytest.raises(UsageError, match=f"Table '{saved_table}' already exists"):
+        shell.run_line_magic("aml_score", f"models:/iris-clf/1 --table {table} --save-as {saved_table}")
+    with pytest.raises(UsageError, match="already exists"):
+        shell.run_line_magic("aml_score", f"models:/iris-clf/1 --table {table} --save-path {saved_path}")
+
+
+def test_log_run_records_the_lineage(scoring, shell, spark, registry):
+    table = _view(spark, _iris())
+    shell.run_line_magic("aml_score", f"iris-clf@champion --table {table} --log-run --limit 0")
+
+    record = scoring.scorings[-1]
+    run = mlflow.MlflowClient(tracking_uri=registry.uri).get_run(record.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model_uri"] == "models:/iris-clf/1"
+    assert run.data.params["model_version"] == "1"
+    assert run.data.params["input"] == f"table {table}"
+    assert run.data.params["rows"] == "150"
+    assert run.data.metrics["rows"] == 150
+    assert run.data.tags["dbxml.kind"] == "scoring"
+    assert run.data.tags["dbxml.score.model_run_id"] == registry.run_ids["v1"]
+    assert mlflow.active_run() is None
+
+
+def test_working_directory_store_is_the_default(ext, shell, spark, tmp_path):
+    """The embedded store of the working directory, as a notebook without %aml_link has it."""
+    from sklearn.linear_model import LogisticRegression
+
+    frame = _iris()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = LogisticRegression(max_iter=300).fit(frame[FEATURES], frame["target"])
+    _log(model, "local-clf", frame=frame)
+    mlflow.set_tracking_uri(None)  # as a fresh notebook: nothing set, the extension picks the store
+    from mlflow.tracking._tracking_service import utils
+
+    utils._tracking_uri = None
+    shell.user_ns["frame"] = frame
+
+    shell.run_line_magic("aml_score", "local-clf --df frame --into scored --limit 0")
+
+    np.testing.assert_array_equal(_scored(shell)["prediction"], model.predict(frame[FEATURES]))
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.fixture
+def bad_inputs_table(spark):
+    frame = _iris()
+    frame["sepal_width"] = frame["sepal_width"].astype(str)
+    return _view(spark, frame.drop(columns=["petal_width"]), prefix="broken")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("iris-clf", "Say what to score: --table TABLE, --df VAR"),
+        ("iris-clf --table t --df frame", "Give one input, not --table and --df"),
+        ("iris-clf --path p --format avro", "--format must be one of parquet, csv, json, delta; got 'avro'"),
+        ("iris-clf --table t --limit -1", "--limit must be 0 or more rows; got -1"),
+        ("iris-clf --table t --into 1abc", "--into expects a variable name; '1abc' is not one"),
+        ("iris-clf --table t --into spark", "--into spark would replace the notebook's Spark session"),
+        ("iris-clff --table t", r"No registered model named 'iris-clff' in sqlite:///.*\. Did you mean 'iris-clf'\?"),
+        ("models:/nosuch/1 --table t", "No registered model named 'nosuch'"),
+        ("models:/iris-clf/7 --table t", r"Model 'iris-clf' has no version 7 in .* \(versions: 1, 2\)"),
+        ("models:/iris-clf@gold --table t", r"Model 'iris-clf' has no alias 'gold' in .* \(aliases: champion\)"),
+        ("models:/ --table t", "models:/ needs a model"),
+        ("last --table t", "No model was registered in this session, so `last` means nothing yet"),
+        ("runs:/0123456789abcdef0123456789abcdef/model --table t", "Run 0123456789abcdef0123456789abcdef does not exist"),
+        ("iris-clf --table no_such_table", "No table or view 'no_such_table' in the active Spark session"),
+        ("iris-clf --df nowhere", "No variable 'nowhere' in the notebook"),
+        ("iris-clf --df a_list", "--df a_list is a list, not a Spark or pandas DataFrame"),
+        ("iris-clf --path {tmp}/nothing-here", "No files at --path"),
+        ("iris-clf --path {tmp} --format delta", "Delta Lake is not available in this Spark session"),
+        ("iris-clf --remote http://127.0.0.1:1 --table t", "--remote expects a Spark Connect URL like sc://host:15002"),
+        ("iris-clf --remote sc://127.0.0.1:{port} --table t", r"Cannot reach the Spark Connect server sc://127\.0\.0\.1:\d+"),
+        ("iris-clf --table {good} --where 'no_such_col > 1'", r"--where 'no_such_col > 1' is not a valid filter on table iris_\d+"),
+        ("iris-clf --table {good} --output-col sepal_length", "already has a column 'sepal_length'; choose another name"),
+        ("iris-clf --table {good} --result-type blah", "--result-type 'blah' is not a Spark type"),
+        ("iris-clf --table {good} --columns a b c", "--columns gives 3 columns but model iris-clf v2 has 4 inputs"),
+        ("iris-clf --table {good} --columns id sepal_width petal_length nope", r"missing columns nope \(for petal_width\)"),
+        ("iris-raw --table {good}", "Model iris-raw v1 has no input signature"),
+        ("iris-raw --table {good} --columns sepal_length nope", "lacks the columns nope given with --columns"),
+        (
+            "iris-clf --table {broken}",
+            r"table broken_\d+ does not fit model iris-clf v2: missing columns petal_width; incompatible types: "
+            r"sepal_width is string \(model expects double\)\. Input columns: id, sepal_length",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_runs_no_spark_job(scoring, shell, spark, registry, bad_inputs_table, tmp_path, line, message):
+    from servers import free_port
+
+    shell.user_ns["a_list"] = [1, 2]
+    good = _view(spark, _iris())
+    line = line.format(tmp=tmp_path, port=free_port(), good=good, broken=bad_inputs_table)
+    if "--into" not in line:
+        line += " --into never_assigned"
+    context = spark.sparkContext
+    probe = f"bad-input-probe-{time.monotonic_ns()}"
+    context.setJobGroup(probe, "jobs started by a rejected %aml_score")
+    try:
+        with pytest.raises(UsageError, match=message) as info:
+            shell.run_line_magic("aml_score", line)
+        jobs = context.statusTracker().getJobIdsForGroup(probe)
+        spark.range(3).count()  # the probe itself sees jobs: an empty answer above means something
+        assert context.statusTracker().getJobIdsForGroup(probe)
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+    assert "\n" not in str(info.value)
+    assert "never_assigned" not in shell.user_ns
+    if "--format delta" not in line:  # reading a path lists files, which is a job in itself
+        assert jobs == []
+
+
+def test_runs_uri_without_a_model_is_one_line(scoring, shell, registry):
+    with pytest.raises(UsageError, match=f"No MLflow model at runs:/{registry.run_ids['v1']}/elsewhere"):
+        shell.run_line_magic("aml_score", f"runs:/{registry.run_ids['v1']}/elsewhere --table t")
+
+
+# ---------------------------------------------------------------------- progress
+def test_long_scoring_shows_progress_in_a_terminal(scoring, shell, spark, registry, capsys):
+    frame = _iris()
+    name = f"slow_{time.monotonic_ns()}"
+    spark.createDataFrame(frame).repartition(4).createOrReplaceTempView(name)
+
+    shell.run_line_magic("aml_score", f"slow --table {name} --into scored --limit 0")
+
+    err = capsys.readouterr().err
+    assert f"dbxml: scoring table {name} with slow v1: " in err
+    assert "tasks" in err
+    assert f"dbxml: scoring table {name} with slow v1: done" in err
+    assert (_scored(shell)["prediction"] == 1.0).all()
+
+
+def test_job_progress_counts_tasks_of_its_own_jobs(spark):
+    from pyspark.sql.functions import pandas_udf
+
+    from dbxml_magics.spark_progress import JobProgress, TextView
+
+    @pandas_udf("double")
+    def slowly(values: pd.Series) -> pd.Series:
+        time.sleep(0.4)
+        return values * 2.0
+
+    stream = io.StringIO()
+    spark.range(10).count()  # a job outside the block: not counted
+    with JobProgress(spark, "probe", show_after=0, interval=0.1, view_factory=lambda label: TextView(label, stream, every=0)) as progress:
+        spark.range(0, 400, numPartitions=4).select(slowly("id")).collect()
+    text = stream.getvalue()
+    assert "dbxml: probe: " in text
+    assert "dbxml: probe: done, 4/4 tasks, 1/1 stages" in text
+    assert progress.snapshot().done_tasks == 4
+    assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None
+
+
+# ---------------------------------------------------------------------- Spark Connect and resolution order
+def _connect_client(server):
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    return ConnectSession.builder.remote(server.url).create()
+
+
+def test_remote_wins_over_the_notebook_spark(scoring, shell, spark, spark_connect, registry, monkeypatch, capsys):
+    frame = _iris()
+    client = _connect_client(spark_connect)
+    table = f"remote_iris_{time.monotonic_ns()}"
+    client.createDataFrame(frame).write.saveAsTable(table)  # exists on the server only
+    monkeypatch.setitem(shell.user_ns, "spark", spark)
+
+    shell.run_line_magic("aml_score", f"models:/iris-clf/1 --table {table} --remote {spark_connect.url} --into scored --limit 0")
+
+    result = shell.user_ns["scored"]
+    assert type(result).__module__.startswith("pyspark.sql.connect")
+    np.testing.assert_array_equal(_scored(shell)["prediction"], registry.expected("models:/iris-clf/1", frame))
+    assert f"on Spark Connect {spark_connect.url}" in capsys.readouterr().out
+    # The classic session still scores after Connect was used in this process.
+    local = _view(spark, frame)
+    shell.run_line_magic("aml_score", f"models:/iris-clf/1 --table {local} --into scored --limit 0")
+    assert type(shell.user_ns["scored"]).__module__.startswith("pyspark.sql.classic")
+    np.testing.assert_array_equal(_scored(shell)["prediction"], registry.expected("models:/iris-clf/1", frame))
+
+
+def test_notebook_spark_wins_over_the_active_session(scoring, shell, spark, spark_connect, registry, monkeypatch, capsys):
+    frame = _iris()
+    client = _connect_client(spark_connect)
+    view = f"connect_only_{time.monotonic_ns()}"
+    client.createDataFrame(frame).createOrReplaceTempView(view)  # visible in this client's session only
+    monkeypatch.setitem(shell.user_ns, "spark", client)  # as Databricks puts `spark` in the namespace
+    assert spark.sparkContext is not None  # a classic active session exists and must be passed over
+
+    shell.run_line_magic("aml_score", f"iris-clf@champion --table {view} --into scored --limit 2")
+
+    out = capsys.readouterr().out
+    assert "on the notebook's `spark` (Spark Connect client)" in out
+    np.testing.assert_array_equal(_scored(shell)["prediction"], registry.expected("models:/iris-clf/1", frame))
+
+
+def test_job_progress_on_spark_connect(spark_connect):
+    from dbxml_magics.spark_progress import JobProgress, TextView
+    from dbxml_magics.spark_session import api_mode
+
+    client = _connect_client(spark_connect)
+    with api_mode(client):
+        from pyspark.sql.functions import pandas_udf
+
+        @pandas_udf("double")
+        def slowly(values: pd.Series) -> pd.Series:
+            import time
+
+            time.sleep(0.5)
+            return values * 2.0
+
+        frame = client.range(0, 400, numPartitions=4).select(slowly("id"))
+    stream = io.StringIO()
+    with JobProgress(client, "remote", show_after=0, interval=0.1, view_factory=lambda label: TextView(label, stream, every=0)):
+        frame.collect()
+    assert "dbxml: remote: done, 4/4 tasks" in stream.getvalue()
+
+
+# ---------------------------------------------------------------------- a fresh kernel process
+_FRESH_KERNEL = textwrap.dedent(
+    """
+    import os, sys
+    from IPython.testing.globalipapp import start_ipython
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "dbxml_magics")
+    assert "pyspark" not in sys.modules, "load_ext imported pyspark"
+    import mlflow, pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.datasets import load_iris
+    from mlflow.models import infer_signature
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    X.columns = [c.replace(" (cm)", "").replace(" ", "_") for c in X.columns]
+    model = LogisticRegression(max_iter=300).fit(X, y)
+    mlflow.set_tracking_uri("sqlite:///" + os.path.join(os.getcwd(), "mlflow.db"))
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(model, name="model", registered_model_name="fresh",
+                                 signature=infer_signature(X, model.predict(X)))
+    mlflow.set_tracking_uri(None)
+    shell.user_ns["X"] = X
+    shell.run_line_magic("aml_score", "fresh --df X --into scored --limit 0")
+    scored = shell.user_ns["scored"]
+    assert (scored.toPandas()["prediction"].to_numpy() == model.predict(X)).all()
+    print("PYTHON-EXEC", scored.sparkSession.sparkContext.pythonExec)
+    scored.sparkSession.stop()
+    """
+)
+
+
+def test_fresh_kernel_starts_a_local_session_whose_workers_use_its_interpreter(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "MLFLOW_TRACKING"))}
+    env["PATH"] = "/usr/bin:/bin"  # a `python3` without pandas: the workers must not pick it
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    script = tmp_path / "fresh_kernel.py"
+    script.write_text(_FRESH_KERNEL)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on a new local Spark session (master local[*])" in done.stdout
+    assert f"PYTHON-EXEC {sys.executable}" in done.stdout

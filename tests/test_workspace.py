@@ -1,0 +1,321 @@
+"""workspace.py: config.json discovery, credential selection, URIs, and atomic link failures.
+
+Only `workspace.arm` (the Azure Resource Manager seam) is replaced; credentials are real
+azure-identity objects built from the environment.
+"""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import mlflow
+import pytest
+from IPython.core.error import UsageError
+
+from aml_emulator import (  # noqa: F401 - fixtures
+    EmulatedResourceManager, aml_emulator, aml_workspace, azure_env, identity_endpoint, link_line,
+)
+from dbxml_magics import workspace
+from dbxml_magics.errors import LinkError
+from dbxml_magics.workspace import WorkspaceRef
+
+SUB = "00000000-1111-2222-3333-444444444444"
+
+
+def _config(folder, sub=SUB, rg="rg-a", ws="ws-a", **extra):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.json"
+    path.write_text(json.dumps({"subscription_id": sub, "resource_group": rg, "workspace_name": ws, **extra}))
+    return path
+
+
+# ----------------------------------------------------------------------- config discovery
+def test_config_found_in_parents_and_azureml_folder_like_the_sdk(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    nested = project / "notebooks" / "deep"
+    nested.mkdir(parents=True)
+    plain = _config(nested, ws="ws-plain")
+    dotted = _config(project / ".azureml", ws="ws-dotted")
+    monkeypatch.chdir(nested)
+    # azureml-core looks for .azureml/config.json all the way up before a plain config.json.
+    assert workspace.find_config_file() == dotted
+    assert workspace.read_config_file(workspace.find_config_file()).workspace == "ws-dotted"
+    assert workspace.find_config_file(str(plain)) == plain
+    dotted.unlink()
+    assert workspace.find_config_file() == plain
+    with pytest.raises(LinkError, match="No AML config.json in"):  # the search starts at the given folder
+        workspace.find_config_file(str(project))
+
+
+def test_config_scope_form_and_tenant(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({
+        "Scope": f"/subscriptions/{SUB}/resourceGroups/rg-s/providers/Microsoft.MachineLearningServices/workspaces/ws-s",
+        "tenant_id": "tenant-1",
+    }))
+    ref = workspace.read_config_file(path)
+    assert (ref.subscription, ref.resource_group, ref.workspace, ref.tenant_id) == (SUB, "rg-s", "ws-s", "tenant-1")
+    assert ref.path == path
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", r"is not valid JSON .*download it again"),
+        (json.dumps({"subscription_id": SUB}), r"lacks resource_group, workspace_name"),
+        (json.dumps({"subscription_id": "nope", "resource_group": "rg", "workspace_name": "ws1"}), r"not a subscription id"),
+        (json.dumps(["a"]), r"must hold a JSON object"),
+    ],
+)
+def test_malformed_config_is_one_line(tmp_path, content, message):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(LinkError, match=message):
+        workspace.read_config_file(path)
+
+
+def test_missing_config_says_where_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LinkError, match=r"No AML config.json in .*ml.azure.com"):
+        workspace.find_config_file()
+
+
+def test_workspaces_in_config_files_lists_each_once(tmp_path, monkeypatch):
+    _config(tmp_path / "a" / ".azureml", ws="ws-one")
+    _config(tmp_path / "a", ws="ws-one")  # same workspace again
+    _config(tmp_path, ws="ws-two")
+    (tmp_path / "a" / "b").mkdir()
+    broken = tmp_path / "a" / "b" / "config.json"
+    broken.write_text("{")
+    monkeypatch.chdir(tmp_path / "a" / "b")
+    found = workspace.config_workspaces()
+    assert [r.workspace for r in found] == ["ws-one", "ws-two"]
+    assert found[0].path == tmp_path / "a" / ".azureml" / "config.json"
+
+
+# ----------------------------------------------------------------------- URIs
+def test_tracking_and_studio_uris():
+    ref = WorkspaceRef(SUB, "rg-a", "ws-a")
+    uri = workspace.tracking_uri_for(ref, "https://westeurope.api.azureml.ms")
+    assert uri == (
+        f"azureml://westeurope.api.azureml.ms/mlflow/v2.0/subscriptions/{SUB}/resourceGroups/rg-a"
+        "/providers/Microsoft.MachineLearningServices/workspaces/ws-a"
+    )
+    assert workspace.tracking_uri_for(ref, "westeurope.api.azureml.ms") == uri
+    assert workspace.studio_url_for(ref, "t1") == f"https://ml.azure.com/?wsid={ref.arm_id}&tid=t1"
+    assert workspace._host_url("westeurope.api.azureml.ms") == "https://westeurope.api.azureml.ms"
+    assert workspace._host_url("127.0.0.1:8080") == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("azureml://westeurope.api.azureml.ms/mlflow/v2.0/nothing", r"azureml:// URI looks like"),
+        (f"azureml://h/mlflow/v2.0/subscriptions/{SUB}/resourceGroups/rg/providers/"
+         "Microsoft.MachineLearningServices/workspaces/-bad", r"not a valid AML workspace name"),
+    ],
+)
+def test_bad_azureml_uri_is_one_line(ext, shell, uri, message):
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    with pytest.raises(UsageError, match=message) as info:
+        shell.run_line_magic("aml_link", f"--uri {uri}")
+    assert "\n" not in str(info.value)
+    assert ext.link == before_link and mlflow.get_tracking_uri() == before_uri
+
+
+# ----------------------------------------------------------------------- credentials
+def test_credential_selection_follows_auth_and_environment(azure_env, monkeypatch):
+    from azure import identity
+
+    assert isinstance(workspace.credential_for("default")._inner, identity.DefaultAzureCredential)
+    assert isinstance(workspace.credential_for("cli")._inner, identity.AzureCliCredential)
+    assert isinstance(workspace.credential_for("managed-identity")._inner, identity.ManagedIdentityCredential)
+    interactive = workspace.credential_for("interactive")._inner
+    assert [type(c) for c in interactive.credentials] == [
+        identity.InteractiveBrowserCredential, identity.DeviceCodeCredential
+    ]
+    with pytest.raises(LinkError, match=r"needs AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET"):
+        workspace.credential_for("service-principal")
+    monkeypatch.setenv("AZURE_TENANT_ID", "t")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "c")
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "a-very-secret-value")
+    principal = workspace.credential_for("service-principal")
+    assert isinstance(principal._inner, identity.ClientSecretCredential)
+    assert "a-very-secret-value" not in repr(principal)
+    monkeypatch.setenv("AZUREML_CURRENT_CLOUD", "MarsCloud")
+    with pytest.raises(LinkError, match=r"Unknown Azure cloud 'MarsCloud'.*AzureCloud"):
+        workspace.credential_for("default")
+
+
+def test_default_chain_never_prompts(azure_env):
+    """The plugin's own chain ends in browser and device-code login; ours must not."""
+    from azure import identity
+
+    chain = workspace.credential_for("default")._inner
+    kinds = {type(c) for c in chain.credentials}
+    assert identity.InteractiveBrowserCredential not in kinds
+    assert identity.DeviceCodeCredential not in kinds
+
+
+def test_tokens_are_cached_and_registered_as_secrets(identity_endpoint, azure_env, monkeypatch):
+    from dbxml_magics.masking import redact
+
+    for name, value in identity_endpoint.identity_env.items():
+        monkeypatch.setenv(name, value)
+    credential = workspace.credential_for("managed-identity")
+    workspace.check_credential(credential, None, 5)
+    token = credential.get_token("https://management.azure.com/.default").token
+    assert identity_endpoint.token_requests == 1, "the checked token is reused by later calls"
+    assert redact(f"Authorization: Bearer {token}") == "Authorization: Bearer ***"
+
+
+def test_listing_account_workspaces_never_blocks(azure_env, identity_endpoint, monkeypatch):
+    for name, value in identity_endpoint.identity_env.items():
+        monkeypatch.setenv(name, value)
+    release = threading.Event()
+
+    class SlowResourceManager(EmulatedResourceManager):
+        def list_workspaces(self, credential, cloud):
+            release.wait(10)
+            return super().list_workspaces(credential, cloud)
+
+    monkeypatch.setattr(workspace, "arm", SlowResourceManager(identity_endpoint))
+    assert workspace.azure_credentials_available()
+    done = []
+    started = time.monotonic()
+    future = workspace.list_account_workspaces(auth="managed-identity", callback=done.append)
+    assert time.monotonic() - started < 0.5 and not future.done()
+    release.set()
+    refs = future.result(timeout=10)
+    assert [(r.workspace, r.source) for r in refs] == [(identity_endpoint.workspace, "account")]
+    assert done == [future]
+    with pytest.raises(LinkError, match="never signs in interactively"):
+        workspace.list_account_workspaces(auth="interactive").result(timeout=5)
+
+
+def test_no_credentials_hint_is_offline(azure_env):
+    assert not workspace.azure_credentials_available()
+
+
+def test_loading_the_module_stays_light():
+    code = (
+        "import sys, dbxml_magics.workspace, dbxml_magics\n"
+        "heavy = [m for m in ('azureml', 'azure.identity', 'mlflow') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------- atomic link failures
+def _assert_unchanged(ext, before_link, before_uri):
+    assert ext.link == before_link
+    assert mlflow.get_tracking_uri() == before_uri
+
+
+def test_config_link_resolves_through_the_seam(ext, shell, aml_workspace, tmp_path):
+    _config(tmp_path / ".azureml", aml_workspace.subscription, aml_workspace.resource_group, aml_workspace.workspace)
+    link = shell.run_line_magic("aml_link", "--config --auth managed-identity")
+    assert link.primary.uri == aml_workspace.tracking_uri
+    assert link.primary.workspace == aml_workspace.workspace
+    [(ref, cloud)] = workspace.arm.lookups
+    assert ref.source == str(tmp_path / ".azureml" / "config.json") and cloud == "AzureCloud"
+
+
+def test_unknown_workspace_changes_nothing(ext, shell, aml_workspace):
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    with pytest.raises(UsageError, match=r"workspace ws-nope .* was not found, or this identity may not read it") as info:
+        shell.run_line_magic("aml_link", f"-s {SUB} -g rg-test -w ws-nope --auth managed-identity")
+    assert "\n" not in str(info.value)
+    _assert_unchanged(ext, before_link, before_uri)
+
+
+def test_malformed_config_link_changes_nothing(ext, shell, tmp_path):
+    (tmp_path / "config.json").write_text("{oops")
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    with pytest.raises(UsageError, match=r"config.json is not valid JSON"):
+        shell.run_line_magic("aml_link", "--config")
+    _assert_unchanged(ext, before_link, before_uri)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("-s x -g rg -w ws", r"not a subscription id"),
+        (f"-s {SUB} -w ws", r"needs -s, -g and -w together \(missing -g\)"),
+        (f"-s {SUB} -g rg -w ws --auth service-principal", r"needs AZURE_TENANT_ID.*in the environment"),
+        ("--config missing/config.json", r"No AML config file at missing/config.json"),
+        (f"--config -s {SUB}", r"Choose one of --config, -s/-g/-w"),
+    ],
+)
+def test_bad_workspace_requests_are_one_line(ext, shell, azure_env, line, message):
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    with pytest.raises(UsageError, match=message) as info:
+        shell.run_line_magic("aml_link", line)
+    assert "\n" not in str(info.value)
+    _assert_unchanged(ext, before_link, before_uri)
+
+
+def test_unreachable_endpoint_changes_previous_aml_link_nothing(ext, shell, aml_workspace, monkeypatch):
+    first = shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
+    from servers import free_port
+
+    monkeypatch.setattr(workspace.arm, "mlflow_host", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(UsageError, match=r"Cannot reach Azure ML workspace 'ws-test' .*previous link is unchanged"):
+        shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
+    _assert_unchanged(ext, first, aml_workspace.tracking_uri)
+    # The plugin still holds the working service context of the first link.
+    shell.run_cell_magic("track", "still-linked --no-source", "import mlflow\nmlflow.log_metric('m', 1.0)")
+    assert ext.journal.pending() == 0
+
+
+def test_unreachable_server_by_uri_changes_nothing(ext, shell):
+    from servers import free_port
+
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    with pytest.raises(UsageError, match=r"Cannot reach http://127.0.0.1:\d+"):
+        shell.run_line_magic("aml_link", f"--uri http://127.0.0.1:{free_port()}")
+    _assert_unchanged(ext, before_link, before_uri)
+
+
+# ----------------------------------------------------------------------- a real MLflow server
+def test_link_track_unlink_track(ext, shell, mlflow_server, tmp_path):
+    embedded = ext.link
+    shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
+    assert mlflow.get_tracking_uri() == mlflow_server.uri
+    shell.run_cell_magic("track", "on-server --metrics m", "m = 1.0")
+    server_run = ext.last_run.run_id
+    shell.run_line_magic("aml_unlink", "")
+    assert ext.link == embedded and mlflow.get_tracking_uri() == embedded.primary.uri
+    shell.run_cell_magic("track", "on-embedded --metrics m", "m = 2.0")
+    local_run = ext.last_run.run_id
+
+    server = mlflow_server.client()
+    local = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert server.get_run(server_run).data.metrics == {"m": 1.0}
+    assert local.get_run(local_run).data.metrics == {"m": 2.0}
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        local.get_run(server_run)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        server.get_run(local_run)
+
+
+def test_azureml_core_auth_bridge_uses_our_credential(identity_endpoint, azure_env, monkeypatch):
+    """The real ARM lookup hands azureml-core a TokenAuthentication backed by our credential."""
+    for name, value in identity_endpoint.identity_env.items():
+        monkeypatch.setenv(name, value)
+    credential = workspace.credential_for("managed-identity")
+    auth = workspace._sdk_auth(credential, "AzureCloud")
+    assert auth._get_arm_token() in identity_endpoint.tokens_issued
+    assert identity_endpoint.token_requests == 1
+
+
+def test_cloud_table_matches_the_plugin():
+    from azureml.mlflow._common._cloud.cloud import KNOWN_CLOUDS
+
+    for name, cloud in workspace._CLOUDS.items():
+        assert (cloud.authority, cloud.arm_scope) == (
+            KNOWN_CLOUDS[name]._get_authority(), KNOWN_CLOUDS[name]._get_default_scope()
+        )
