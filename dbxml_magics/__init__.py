@@ -5,10 +5,22 @@
 heavy: mlflow, pyspark, azureml and ipywidgets are imported where first needed.
 """
 
+import atexit
+
 __version__ = "0.1.0"
 __all__ = ["load_ipython_extension", "unload_ipython_extension", "__version__"]
 
 _loaded: dict[int, object] = {}
+
+
+def _flush_at_exit() -> None:
+    """A normal kernel exit ships pending writes for a few seconds; what is left stays in
+    the journal and is replayed by the next session in this folder."""
+    for magics in list(_loaded.values()):
+        try:
+            magics.session.close(timeout=magics.shutdown_flush_timeout)
+        except Exception:  # noqa: BLE001 - exiting must never fail because of a store
+            pass
 
 
 def load_ipython_extension(ipython) -> None:
@@ -26,12 +38,16 @@ def load_ipython_extension(ipython) -> None:
     # Settings given with %config before loading apply now.
     magics.update_config(ipython.config)
     _loaded[id(ipython)] = magics
+    atexit.unregister(_flush_at_exit)  # one hook, however many shells load the extension
+    atexit.register(_flush_at_exit)
 
 
 def unload_ipython_extension(ipython) -> None:
     magics = _loaded.pop(id(ipython), None)
     if magics is None:
         return
+    if not _loaded:
+        atexit.unregister(_flush_at_exit)
     magics.session.close()
     from .panel import close_panel
 

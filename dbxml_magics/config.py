@@ -36,6 +36,10 @@ class Settings(Configurable):
     flush_timeout = Float(
         10.0, help="Seconds a cell end waits for its run to reach the stores before leaving the rest queued."
     ).tag(config=True)
+    shutdown_flush_timeout = Float(
+        5.0,
+        help="Seconds a normal kernel exit waits for pending writes; the rest stays in the journal for the next session.",
+    ).tag(config=True)
     retry_max_delay = Float(30.0, help="Longest wait between retries to an unreachable store.").tag(config=True)
     key_metrics = List(Unicode(), default_value=[], help="Metrics shown first in the panel's runs table.").tag(
         config=True

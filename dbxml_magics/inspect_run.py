@@ -87,10 +87,7 @@ def read_run_details(session, run_id: str) -> RunDetails:
     try:
         run = client.get_run(run_id)
         metric_keys = sorted(run.data.metrics)[:MAX_PLOTTED_METRICS]
-        histories = {
-            key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
-            for key in metric_keys
-        }
+        histories = {key: _history(client, run_id, key) for key in metric_keys}
         artifacts, truncated = _list_artifacts(client, run_id)
     except Exception as exc:  # noqa: BLE001 - any store failure is one line in the panel
         lines = str(exc).strip().splitlines()
@@ -118,6 +115,11 @@ def read_run_details(session, run_id: str) -> RunDetails:
         scorings=scorings,
         ui_url=run_ui_url(target, info.experiment_id, run_id),
     )
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return [(m.step, m.value) for m in points]
 
 
 def _list_artifacts(client, run_id: str) -> tuple[list[str], bool]:

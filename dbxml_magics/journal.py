@@ -108,13 +108,11 @@ class Journal:
         self._status: dict[str, TargetStatus] = {}
         self._owned: dict[str, list[str]] = {}  # primary run id -> target keys
         self._params: dict[str, dict[str, str]] = {}  # params queued per owned run
+        self._latest_metrics: dict[str, dict[str, float]] = {}  # last value per key per owned run
         self._inner_stores: dict[str, object] = {}
-        self._wake = threading.Event()
-        self._force = threading.Event()
+        self._flushers: dict[str, _TargetFlusher] = {}
         self._progress = threading.Condition()
-        self._send_lock = threading.Lock()
         self._stopped = False
-        self._thread: threading.Thread | None = None
         self._original_builders: dict | None = None
         self._conns: list[sqlite3.Connection] = []
         self._link: Link | None = None
@@ -276,6 +274,10 @@ class Journal:
             raise
         self._owned[run_id] = keys
 
+    def latest_metrics(self, run_id: str) -> dict[str, float]:
+        """The last value logged in this process for each metric of an owned run."""
+        return dict(self._latest_metrics.get(run_id, {}))
+
     def owns(self, run_id: str) -> bool:
         return run_id in self._owned
 
@@ -306,7 +308,7 @@ class Journal:
             db.execute("ROLLBACK")
             raise
         if kind != "batch":
-            self._wake.set()
+            self._wake_flushers()
 
     def _check_params(self, run_id, params) -> None:
         """MLflow refuses to change a param; say so at once, as the store would have."""
@@ -336,6 +338,10 @@ class Journal:
 
     def log_batch(self, run_id, metrics=(), params=(), tags=()) -> None:
         self._check_params(run_id, params)
+        if metrics:
+            latest = self._latest_metrics.setdefault(run_id, {})
+            for metric in metrics:
+                latest[metric.key] = metric.value
         payload = {
             "metrics": [_metric_to_list(m) for m in metrics],
             "params": [[p.key, p.value] for p in params],
@@ -349,7 +355,7 @@ class Journal:
             if len(self._owned.get(run_id, [])) > 1:
                 # Artifacts user code logged directly to the primary follow the run to the mirror.
                 self._insert(self._db(), self._owned[run_id][1], run_id, "copy_artifacts", {})
-            self._wake.set()
+            self._wake_flushers()
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
         """Copy a file into the journal now; it is uploaded to every target by the flusher."""
@@ -413,7 +419,7 @@ class Journal:
                 return sum(self.pending(run_id, k) for k in keys)
             return self.pending(run_id)
 
-        if threading.current_thread() is self._thread:
+        if any(f.thread is threading.current_thread() for f in self._flushers.values()):
             return remaining() == 0
         self._start_flusher()
         while True:
@@ -424,36 +430,43 @@ class Journal:
             if now >= deadline:
                 return False
             with self._progress:
-                self._force.set()
-                self._wake.set()
+                self._wake_flushers(force=True)
                 self._progress.wait(min(0.5, deadline - now))
 
     def _start_flusher(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._stopped = False
-            self._thread = threading.Thread(target=self._run_flusher, name="dbxml-journal-flusher", daemon=True)
-            self._thread.start()
+        """One flusher thread per target, so a slow or down mirror never delays the primary."""
+        self._stopped = False
+        for key in list(self._targets):
+            flusher = self._flushers.get(key)
+            if flusher is None or not flusher.thread.is_alive():
+                self._flushers[key] = flusher = _TargetFlusher(self, key)
+                flusher.thread.start()
 
-    def _run_flusher(self) -> None:
+    def _wake_flushers(self, force: bool = False) -> None:
+        for flusher in list(self._flushers.values()):
+            if force:
+                flusher.force.set()
+            flusher.wake.set()
+
+    def _run_flusher(self, flusher: "_TargetFlusher") -> None:
         while not self._stopped:
-            self._wake.wait(self.settings.flush_interval)
-            self._wake.clear()
+            flusher.wake.wait(self.settings.flush_interval)
+            flusher.wake.clear()
             if self._stopped:
                 break
-            force = self._force.is_set()
-            self._force.clear()
-            self.ship_once(force=force)
+            force = flusher.force.is_set()
+            flusher.force.clear()
+            self.ship(flusher, force=force)
 
-    def ship_once(self, force: bool = False) -> None:
-        """One pass over every target; a target in backoff waits unless `force`."""
-        with self._send_lock:
+    def ship(self, flusher: "_TargetFlusher", force: bool = False) -> None:
+        """One pass over one target; a target in backoff waits unless `force`."""
+        key = flusher.key
+        with flusher.lock:
+            status = self._status.setdefault(key, TargetStatus(key, "primary"))
             changed = False
-            for key in list(self._targets):
-                status = self._status.setdefault(key, TargetStatus(key, "primary"))
-                if not force and time.time() < status.next_try:
-                    continue
+            if force or time.time() >= status.next_try:
                 try:
-                    changed |= self._ship_target(key, status)
+                    changed = self._ship_target(key, status)
                 except Exception as exc:  # noqa: BLE001 - the flusher must survive anything
                     status.last_error = _one_line(exc)
                     changed = True
@@ -644,13 +657,13 @@ class Journal:
     # ------------------------------------------------------------------ lifecycle
     def close(self, timeout: float | None = None) -> None:
         """Flush briefly, stop the flusher, unwrap MLflow. Pending rows stay on disk for replay."""
-        if self._thread is not None and self._thread.is_alive():
+        if self.flusher_alive:
             self.flush(timeout=min(self.settings.flush_timeout, 5.0) if timeout is None else timeout)
         self._stopped = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._thread = None
+        self._wake_flushers()
+        for flusher in self._flushers.values():
+            flusher.thread.join(timeout=5)
+        self._flushers.clear()
         self.uninstall()
         for conn in self._conns:
             try:
@@ -662,7 +675,20 @@ class Journal:
 
     @property
     def flusher_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(f.thread.is_alive() for f in self._flushers.values())
+
+
+class _TargetFlusher:
+    """The thread that empties one target's rows, and how to wake it."""
+
+    def __init__(self, journal: Journal, key: str):
+        self.key = key
+        self.wake = threading.Event()
+        self.force = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(
+            target=journal._run_flusher, args=(self,), name="dbxml-journal-flusher", daemon=True
+        )
 
 
 _handlers: dict[str, Callable[[Target, str, dict], None]] = {}

@@ -6,6 +6,7 @@ a traceback); the domain modules raise `DbxmlError` subclasses with the fix in t
 
 import functools
 import math
+import re
 from argparse import ArgumentTypeError
 
 from IPython.core.error import UsageError
@@ -23,7 +24,7 @@ def _parse(magic, line: str):
     try:
         args = parse_argstring(magic, line)
     except UsageError as exc:
-        raise UsageError(redact(" ".join(str(exc).split()))) from None
+        raise UsageError(_one_line(str(exc))) from None
     except ValueError as exc:  # unbalanced quotes from IPython's tokenizer
         raise UsageError(f"Cannot parse the arguments ({exc}); check the quotes.") from None
     for name, value in vars(args).items():
@@ -32,6 +33,16 @@ def _parse(magic, line: str):
         elif isinstance(value, list):
             setattr(args, name, [_unquote(item) if isinstance(item, str) else item for item in value])
     return args
+
+
+def _one_line(message: str) -> str:
+    """The message on one line, secrets masked, and any huge value it quotes shortened so
+    that the fix at the end of the line stays readable."""
+    text = redact(" ".join(message.split()))
+    return _LONG_WORD.sub(lambda m: f"{m[0][:60]}...({len(m[0])} characters)...{m[0][-12:]}", text)
+
+
+_LONG_WORD = re.compile(r"\S{200,}")
 
 
 def _unquote(text: str) -> str:
@@ -62,7 +73,7 @@ def _user_errors(method):
         try:
             return method(self, *args, **kwargs)
         except DbxmlError as exc:
-            raise UsageError(redact(" ".join(str(exc).split()))) from None
+            raise UsageError(_one_line(str(exc))) from None
 
     return wrapper
 

@@ -27,6 +27,9 @@ class ModelRef:
     version: str | None
     source_run_id: str | None
     signature: Any  # mlflow.models.ModelSignature or None
+    # Where the files of a registered version are. Spark Connect workers load the model
+    # themselves, with the tracking URI but not the registry of this kernel: they get this.
+    artifact_uri: str | None = None
 
     @property
     def label(self) -> str:
@@ -86,13 +89,19 @@ def _registered(client, store: str, requested: str, name: str, version) -> Model
         known = ", ".join(versions) if versions else "none"
         raise ScoreError(f"Model {name!r} has no version {version} in {store} (versions: {known}).") from None
     uri = f"models:/{name}/{model_version.version}"
+    signature = _signature(uri)
+    try:
+        artifact_uri = client.get_model_version_download_uri(name, model_version.version)
+    except Exception as exc:  # noqa: BLE001
+        raise _unreachable(store, exc) from None
     return ModelRef(
         requested=requested,
         uri=uri,
         name=name,
         version=str(model_version.version),
         source_run_id=model_version.run_id or None,
-        signature=_signature(uri),
+        signature=signature,
+        artifact_uri=artifact_uri,
     )
 
 

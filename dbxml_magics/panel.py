@@ -44,7 +44,6 @@ STATUS_COLOURS = {
 # Rows shown at once. Keeping the visible window bounded is what makes a new run cost the
 # same with 10 or 1,000 runs in the session: older rows are built only when asked for.
 PAGE_SIZE = 25
-AUTH_CHOICES = ("default", "interactive", "cli", "service-principal", "managed-identity")
 
 _panels: dict[int, "SessionPanel"] = {}
 
@@ -187,6 +186,24 @@ def _table_html(header: tuple[str, ...], rows: list[tuple], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def guarded(report, callback):
+    """`callback`, with any exception handed to `report`.
+
+    Widget callbacks run inside the kernel's comm handler, where an exception would only
+    reach the kernel log; the panel shows it instead.
+    """
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            report(exc)
+            return None
+
+    return run
+
+
 def _close_tree(root) -> None:
     """Close a widget, everything it holds (children, layouts, styles), once each."""
     from ipywidgets import Widget
@@ -211,7 +228,9 @@ def _close_tree(root) -> None:
 class _Columns:
     """Layouts and styles shared by every row: one model each instead of one per cell."""
 
-    WIDTHS = {"name": "190px", "status": "90px", "start": "80px", "duration": "75px", "metrics": "300px", "versions": "200px"}
+    WIDTHS = {
+        "name": "190px", "status": "90px", "start": "80px", "duration": "75px", "metrics": "300px", "versions": "200px",
+    }
 
     def __init__(self):
         import ipywidgets as widgets
@@ -273,11 +292,11 @@ class RunRow:
 class RunsTable:
     """Runs of the session, newest first: a bounded window of rows, older pages on request."""
 
-    def __init__(self, session: Session, on_select, page_size: int = PAGE_SIZE):
+    def __init__(self, session: Session, on_select, report, page_size: int = PAGE_SIZE):
         import ipywidgets as widgets
 
         self.session = session
-        self.on_select = on_select
+        self.on_select = guarded(report, on_select)
         self.page_size = page_size
         self.limit = page_size
         self.columns = _Columns()
@@ -287,16 +306,9 @@ class RunsTable:
         self.box = widgets.VBox()
         self.count = widgets.Label()
         self.older = widgets.Button(description="Show older runs", tooltip=f"Show {page_size} more runs")
-        self.older.on_click(lambda _button: self.show_older())
+        self.older.on_click(guarded(report, lambda _button: self.show_older()))
         self.widget = widgets.VBox([self.columns.heading(), self.box, widgets.HBox([self.count, self.older])])
-        self._fill()
-
-    def _fill(self) -> None:
         with self._lock:
-            for row in self.rows.values():
-                row.close()
-            self.rows.clear()
-            self._order.clear()
             for record in self.session.runs[-self.limit :][::-1]:
                 self._order.append(record.run_id)
                 self.rows[record.run_id] = RunRow(record, self.session.settings, self.columns, self.on_select)
@@ -330,10 +342,11 @@ class RunsTable:
             row.refresh()
 
     def tick(self) -> None:
-        """Running rows show their growing duration."""
-        for row in list(self.rows.values()):
-            if row.record.status == "RUNNING":
-                row.refresh()
+        """Running rows show their growing duration (called from the journal's flusher thread)."""
+        with self._lock:
+            running = [row for row in self.rows.values() if row.record.status == "RUNNING"]
+        for row in running:
+            row.refresh()
 
     def show_older(self) -> None:
         """Append the next page of older runs below the visible ones."""
@@ -373,7 +386,6 @@ class Inspector:
         self.session = session
         self.report = report
         self.run_id: str | None = None
-        self.details = None
         self.pending: Future | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbxml-panel-inspector")
         self._lock = threading.Lock()
@@ -430,7 +442,6 @@ class Inspector:
     def _render(self, details) -> None:
         import ipywidgets as widgets
 
-        self.details = details
         duration = (
             format_duration(details.end_time - details.start_time)
             if details.end_time and details.start_time
@@ -493,7 +504,11 @@ class Inspector:
     @staticmethod
     def _link_html(details) -> str:
         if details.ui_url:
-            where = "Azure ML studio" if "ml.azure.com" in details.ui_url else "the MLflow UI"
+            where = (
+                "Azure ML studio" if "ml.azure.com" in details.ui_url
+                else "Databricks" if "#mlflow/" in details.ui_url
+                else "the MLflow UI"
+            )
             url = html.escape(details.ui_url, quote=True)
             return f'<a href="{url}" target="_blank" rel="noopener">Open the run in {where}</a>'
         return (
@@ -579,6 +594,8 @@ class WorkspacePicker:
     def __init__(self, session: Session, link_request, report):
         import ipywidgets as widgets
 
+        from .workspace import AUTH_CHOICES
+
         self.session = session
         self.link_request = link_request
         self.report = report
@@ -592,16 +609,16 @@ class WorkspacePicker:
             placeholder="http://127.0.0.1:5000, databricks, sqlite:///path/mlflow.db, azureml://...",
             layout=wide,
         )
-        self.uri.observe(self._on_uri_typed, names="value")
+        self.uri.observe(guarded(report, self._on_uri_typed), names="value")
         self.mode = widgets.Dropdown(description="Mode", options=self.MODES, value="")
         self.auth = widgets.Dropdown(description="Auth", options=AUTH_CHOICES, value="default")
         self.experiment = widgets.Text(description="Experiment", value=session.experiment or "", layout=wide)
         self.link_button = widgets.Button(description="Link", button_style="primary", icon="link")
-        self.link_button.on_click(lambda _button: self.link())
+        self.link_button.on_click(guarded(report, lambda _button: self.link()))
         self.find_button = widgets.Button(
             description="Find my Azure workspaces", tooltip="List the workspaces of the signed-in Azure account"
         )
-        self.find_button.on_click(lambda _button: self.find_account_workspaces())
+        self.find_button.on_click(guarded(report, lambda _button: self.find_account_workspaces()))
         self.message = widgets.HTML()
         self.account_message = widgets.HTML()
         self.widget = widgets.VBox(
@@ -686,7 +703,7 @@ class SessionPanel:
         self.header = widgets.HTML()
         self.message = widgets.HTML()
         self.log = widgets.Output()  # tracebacks of unexpected errors, so none is lost
-        self.runs = RunsTable(session, on_select=self._guarded(self.inspect))
+        self.runs = RunsTable(session, on_select=self.inspect, report=self.report)
         self.inspector = Inspector(session, report=self.report)
         self.picker = WorkspacePicker(session, link_request=self._link, report=self.report)
         # Open when nothing is linked yet: that is when the picker is what the user wants.
@@ -709,19 +726,6 @@ class SessionPanel:
             text = f"Unexpected error in the panel: {type(exc).__name__}: {redact(str(exc).strip()[:300])}"
             self.log.append_stderr(redact("".join(traceback.format_exception(exc))))
         self.message.value = f'<span style="color:#cf222e">{html.escape(text)}</span>'
-
-    def _guarded(self, callback):
-        """Callbacks run inside the frontend's comm handler: an exception there would be lost."""
-
-        @functools.wraps(callback)
-        def run(*args, **kwargs):
-            try:
-                return callback(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001
-                self.report(exc)
-                return None
-
-        return run
 
     # -- actions
     def inspect(self, run_id: str) -> Future:

@@ -270,7 +270,6 @@ def _check_model(var: str, obj, forced: str | None) -> str:
 class _SavedModel:
     path: Path
     flavor: str
-    signature_note: str | None = None
 
 
 def _save_in_memory_model(namespace: dict, request: RegisterRequest, path: Path, notes: list[str]) -> _SavedModel:
@@ -314,14 +313,15 @@ def _save_in_memory_model(namespace: dict, request: RegisterRequest, path: Path,
 
 def _example_rows(value, flavor: str):
     """The first rows of an input example; a Spark DataFrame becomes pandas (what MLflow stores)."""
-    if "pyspark.sql.dataframe.DataFrame" in _class_names(value) or "pyspark.sql.classic.dataframe.DataFrame" in _class_names(value):
+    is_spark_frame = any(n.startswith("pyspark.sql.") and n.endswith(".DataFrame") for n in _class_names(value))
+    if is_spark_frame:
         return value.limit(_EXAMPLE_ROWS).toPandas()
+    if flavor == "spark" and not hasattr(value, "iloc"):
+        raise RegisterError("--input-example for a Spark model must be a pandas or Spark DataFrame.")
     if hasattr(value, "iloc"):
         return value.iloc[:_EXAMPLE_ROWS]
-    if hasattr(value, "shape") and len(getattr(value, "shape", ())) >= 1 and value.shape[0] > _EXAMPLE_ROWS:
+    if len(getattr(value, "shape", ())) >= 1 and value.shape[0] > _EXAMPLE_ROWS:
         return value[:_EXAMPLE_ROWS]
-    if flavor == "spark" and not hasattr(value, "columns"):
-        raise RegisterError("--input-example for a Spark model must be a pandas or Spark DataFrame.")
     return value
 
 

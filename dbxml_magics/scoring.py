@@ -14,7 +14,7 @@ the model (registry metadata only), pick the Spark session, read the input's sch
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ScoreError
@@ -66,7 +66,7 @@ class ScoreRequest:
     @classmethod
     def from_args(cls, args) -> "ScoreRequest":
         names = cls.__dataclass_fields__
-        request = cls(**{name: _unquoted(getattr(args, name)) for name in names if hasattr(args, name)})
+        request = cls(**{name: getattr(args, name) for name in names if hasattr(args, name)})
         request.validate()
         return request
 
@@ -100,15 +100,6 @@ class ScoreRequest:
         return f"{self.format} at {self.path}"
 
 
-def _unquoted(value):
-    """IPython's magic parser keeps the quotes of `--where "a > 1"`; the value is what is inside."""
-    if isinstance(value, list):
-        return [_unquoted(item) for item in value]
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
-
-
 @dataclass
 class ColumnPlan:
     """Which input column feeds each model input, and the cast that makes its type exact."""
@@ -138,7 +129,6 @@ class ColumnPlan:
 class _Input:
     df: Any
     description: str
-    extra: dict = field(default_factory=dict)
 
 
 def score_from_args(session: Session, user_ns: dict, args):
@@ -154,7 +144,7 @@ def score_from_args(session: Session, user_ns: dict, args):
         plan = plan_columns(model, schema, request, source.description)
         result_type = _parse_result_type(request.result_type) or _scalar_result_type(model)
         _check_outputs(choice, request)
-        udf = _build_udf(spark, model, result_type)
+        udf = _build_udf(choice, model, result_type)
         scored = source.df.withColumn(request.output_col, udf(*plan.expressions()))
         started = time.monotonic()
         with JobProgress(spark, f"scoring {source.description} with {model.label}"):
@@ -387,15 +377,18 @@ class _QuietLocalEnvWarning(logging.Filter):
         return 'env_manager="local"' not in record.getMessage()
 
 
-def _build_udf(spark, model: ModelRef, result_type):
+def _build_udf(choice: SparkChoice, model: ModelRef, result_type):
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    # Classic Spark: the driver downloads the model through this kernel's registry. Spark
+    # Connect: each server-side worker downloads it, and only knows the tracking URI.
+    uri = model.artifact_uri if choice.connect and model.artifact_uri else model.uri
     logger = logging.getLogger("mlflow.pyfunc")
     quiet = _QuietLocalEnvWarning()
     logger.addFilter(quiet)
     try:
-        return mlflow.pyfunc.spark_udf(spark, model.uri, result_type=result_type, env_manager="local")
+        return mlflow.pyfunc.spark_udf(choice.spark, uri, result_type=result_type, env_manager="local")
     except MlflowException as exc:
         raise ScoreError(f"Cannot score with {model.label}: {_first_line(exc)}") from None
     finally:

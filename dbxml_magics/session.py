@@ -206,6 +206,7 @@ class Session:
     @property
     def journal(self):
         if self._journal is None:
+            from . import registry  # noqa: F401 - its journal kinds must exist before rows of a dead kernel replay
             from .journal import Journal
 
             self._journal = Journal(self.state_dir / "journal.sqlite", self.settings, on_change=self._journal_changed)
@@ -289,10 +290,11 @@ class Session:
                 pass
 
     # ----------------------------------------------------------------- lifecycle
-    def close(self) -> None:
-        """Flush what can be flushed, stop threads, forget listeners (for %unload_ext)."""
+    def close(self, timeout: float | None = None) -> None:
+        """Flush what can be flushed (up to `timeout` s), stop threads, forget listeners
+        (for %unload_ext and kernel exit)."""
         if self._journal is not None:
-            self._journal.close()
+            self._journal.close(timeout=timeout)
             self._journal = None
         self._listeners.clear()
         if self._shell_key is not None and _sessions.get(self._shell_key) is self:

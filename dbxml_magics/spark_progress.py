@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .spark_session import is_connect
 
@@ -145,7 +145,12 @@ class JobProgress:
             self._release()
         if self.view is not None:
             self._poll()
-            self._safely(self.view.finish, self.snapshot(), exc_type is None)
+            final = self.snapshot()
+            if exc_type is None:
+                # Success means every stage that had to run ran: stages Spark skipped (their
+                # output was cached) and a Connect report that missed the last tasks count as done.
+                final = replace(final, done_tasks=final.total_tasks, done_stages=final.total_stages)
+            self._safely(self.view.finish, final, exc_type is None)
         return False
 
     # -------------------------------------------------------------- state

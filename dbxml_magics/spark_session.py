@@ -23,7 +23,15 @@ from urllib.parse import urlsplit
 
 from .errors import ScoreError
 
-__all__ = ["SparkChoice", "resolve_spark", "is_connect", "is_spark_dataframe", "api_mode", "connect_url_display"]
+__all__ = [
+    "SparkChoice",
+    "resolve_spark",
+    "is_connect",
+    "is_spark_dataframe",
+    "api_mode",
+    "connect_url_display",
+    "close_remote_sessions",
+]
 
 _CONNECT_MODE_VAR = "SPARK_CONNECT_MODE_ENABLED"
 # Spark Connect clients this process opened, by URL: the Connect builder's getOrCreate()
@@ -79,6 +87,20 @@ def api_mode(spark):
             os.environ.pop(_CONNECT_MODE_VAR, None)
         else:
             os.environ[_CONNECT_MODE_VAR] = previous
+
+
+def close_remote_sessions(url_prefix: str = "") -> None:
+    """Stop the Spark Connect clients opened by --remote (for URLs starting with `url_prefix`).
+
+    An open client talks to its server once more at interpreter exit, and retries for
+    minutes when the server is already gone.
+    """
+    for url in [u for u in _connect_clients if u.startswith(url_prefix)]:
+        client = _connect_clients.pop(url)
+        try:
+            client.stop()
+        except Exception:  # noqa: BLE001 - a client that cannot say goodbye is closed all the same
+            pass
 
 
 def connect_url_display(url: str) -> str:

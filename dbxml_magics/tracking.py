@@ -275,7 +275,8 @@ def _log_outcome(session, shell, request, cell, run_id, record, started) -> None
                     session.journal.log_artifact(run_id, str(file), target)
             else:
                 session.journal.log_artifact(run_id, str(path), None)
-    summary = {**metrics_now, **{k: v[-1] for k, v in histories.items() if v}}
+    # Metrics the cell logged itself (mlflow.log_metric) count too, for the panel's table.
+    summary = {**session.journal.latest_metrics(run_id), **metrics_now, **{k: v[-1] for k, v in histories.items() if v}}
     record.metrics.update(summary)
     record.params.update(params)
     for note in notes:
@@ -289,11 +290,18 @@ def _settle(session: Session, run_id: str) -> None:
     left = session.journal.pending(run_id)
     primary = session.link.primary.display
     error = next((s["last_error"] for s in session.journal.status() if s["target"] == primary), None)
-    print(
-        f"dbxml: {primary} is not reachable{f' ({error})' if error else ''}; {left} writes of run {run_id} are "
-        "kept in the journal and will be retried (see %aml_sync).",
-        file=sys.stderr,
-    )
+    if error:
+        print(
+            f"dbxml: {primary} is not reachable ({error}); {left} writes of run {run_id} are "
+            "kept in the journal and will be retried (see %aml_sync).",
+            file=sys.stderr,
+        )
+    elif session.settings.flush_timeout > 0:  # with 0 the user chose not to wait: nothing to report
+        print(
+            f"dbxml: {primary} is slow; {left} writes of run {run_id} are still being sent in the background "
+            "(see %aml_sync).",
+            file=sys.stderr,
+        )
 
 
 def _lookup(namespace: dict, dotted: str):

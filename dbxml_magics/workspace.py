@@ -305,11 +305,6 @@ class _CheckedCredential:
             self._tokens[key] = token
         return token
 
-    def forget_tokens(self) -> None:
-        """Drop cached tokens (after the service rejected one) so the next call asks again."""
-        with self._lock:
-            self._tokens.clear()
-
     def __repr__(self) -> str:
         return f"<Azure credential --auth {self.auth}>"
 

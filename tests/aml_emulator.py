@@ -9,7 +9,9 @@ real client code talks to after workspace lookup:
 - the **workspace MLflow endpoint** `/mlflow/v2.0/subscriptions/<sub>/resourceGroups/<rg>/
   providers/Microsoft.MachineLearningServices/workspaces/<ws>/api/2.0/mlflow/...`: it rejects
   requests without a bearer token it issued (401), answers 404 for another workspace, strips
-  the workspace prefix and forwards to a real `mlflow server`.
+  the workspace prefix and forwards to a real `mlflow server`. `rejecting` answers 401 to
+  everything (an expired or revoked token); `throttled_batches` answers 429 to that many
+  log-batch requests, as AML does under heavy logging.
 
 Every request is recorded (`requests`), so tests can count round trips as AML would see them.
 

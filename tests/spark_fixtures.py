@@ -53,10 +53,19 @@ class SparkConnectServer:
         self.port = port or free_port()
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
+        self.clients: list = []
 
     @property
     def url(self) -> str:
         return f"sc://127.0.0.1:{self.port}"
+
+    def client(self):
+        """A new Spark Connect client session on this server, closed when the server stops."""
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+        session = ConnectSession.builder.remote(self.url).create()
+        self.clients.append(session)
+        return session
 
     def start(self, timeout: float = 180.0) -> "SparkConnectServer":
         home = _pyspark_home()
@@ -80,8 +89,12 @@ class SparkConnectServer:
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
         }
-        for variable in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
-            env.pop(variable, None)
+        # The server outlives single tests: nothing a test set for Spark or MLflow may leak into it.
+        for variable in list(env):
+            if variable in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE") or (
+                variable.startswith("MLFLOW_") and variable.endswith("_URI")
+            ):
+                env.pop(variable)
         started = time.monotonic()
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
@@ -96,6 +109,16 @@ class SparkConnectServer:
         return self
 
     def stop(self) -> None:
+        # An open client talks to its server at interpreter exit (atexit), retrying for minutes
+        # once the server is gone: close every client of this server first.
+        from dbxml_magics.spark_session import close_remote_sessions
+
+        close_remote_sessions(self.url)
+        for client in self.clients:
+            try:
+                client.stop()
+            except Exception:  # noqa: BLE001 - a client that cannot say goodbye is still closed
+                pass
         if self.process is None:
             return
         for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):

@@ -7,12 +7,13 @@ Lines go through `run_cell`, the path a notebook cell takes, so what IPython pri
 the error (stderr) is checked too, not only the exception object.
 """
 
+import sqlite3
+
 import mlflow
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
-from mlflow.entities import ViewType
 
 from servers import free_port
 
@@ -29,17 +30,17 @@ def linked_with_variables(linked, shell, tmp_path):
 
 
 def _snapshot(session, shell, server):
-    client = mlflow.MlflowClient(tracking_uri=server.uri)
-    experiments = client.search_experiments(view_type=ViewType.ALL)
-    runs = client.search_runs(
-        [e.experiment_id for e in experiments], run_view_type=ViewType.ALL, max_results=50000
-    ) if experiments else []
+    # The server's own database, read directly: an HTTP round trip per line would make
+    # this module slow, and the rows are what any client would see.
+    with sqlite3.connect(f"file:{server.root / 'srv.db'}?mode=ro", uri=True) as store:
+        rows = {
+            table: store.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("experiments", "runs", "params", "tags", "metrics", "registered_models", "model_versions")
+        }
     return {
         "link": session.link,
         "tracking_uri": mlflow.get_tracking_uri(),
-        "experiments": sorted(e.name for e in experiments),
-        "runs": len(runs),
-        "registered_models": len(client.search_registered_models(max_results=1000)),
+        "store_rows": rows,
         "session_runs": len(session.runs),
         "session_models": len(session.models),
         "session_scorings": len(session.scorings),
@@ -202,17 +203,15 @@ def test_corpus_of_malformed_lines_ends_in_one_line_each_and_changes_nothing(
     before = _snapshot(session, shell, mlflow_server)
     messages = {}
     for magic, line, cell in corpus:
-        import time; t0 = time.time()
         source = _source(magic, line, cell)
         messages[source] = _assert_one_line_usage_error(shell, capsys, source)
         after = _snapshot(session, shell, mlflow_server)
         assert after == before, f"{source[:200]!r} changed {[k for k in before if before[k] != after[k]]}"
-        print("TIMING", round(time.time() - t0, 2), source[:60].replace("\n", " "), file=__import__("sys").__stderr__)
     assert "bad_input_cell_ran" not in shell.user_ns
     # The messages say what to fix, and say it differently for different mistakes.
     assert len(set(messages.values())) > len(corpus) * 0.8
     for source, message in messages.items():
-        assert len(message) < 1500, source[:100]
+        assert len(message) < 600, (source[:100], message)
 
 
 # ---------------------------------------------------------------------- generated lines

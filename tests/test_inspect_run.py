@@ -42,9 +42,13 @@ def test_run_details_reads_the_run_and_this_sessions_models(linked, shell, mlflo
         "import mlflow\ndepth = 4\nfor step in range(3):\n    mlflow.log_metric('loss', 3 - step, step=step)\n",
     )
     run = linked.runs[0]
-    linked.add_model(ModelRecord(name="clf", version="2", source_run_id=run.run_id, model_uri=f"runs:/{run.run_id}/model"))
-    linked.add_scoring(ScoreRecord(model_uri="models:/clf/2", model_version="2", input="df", rows=3, seconds=0.1, output="out"))
-    linked.add_scoring(ScoreRecord(model_uri="models:/other/1", model_version="1", input="df", rows=3, seconds=0.1, output="x"))
+    linked.add_model(
+        ModelRecord(name="clf", version="2", source_run_id=run.run_id, model_uri=f"runs:/{run.run_id}/model")
+    )
+    for model_uri in ("models:/clf/2", "models:/other/1"):
+        linked.add_scoring(
+            ScoreRecord(model_uri=model_uri, model_version=model_uri[-1], input="df", rows=3, seconds=0.1, output="out")
+        )
 
     details = linked.run_details(run.run_id)
     assert details.name == "detailed" and details.status == "FINISHED"

@@ -1,12 +1,11 @@
 """%aml_register through a real IPython shell, against the embedded SQLite registry and real
-`mlflow server` registries (one, or two in `both` mode). Everything asserted is read back
-from the stores; bad input is checked for its one-line message and an unchanged registry."""
+`mlflow server` registries (one, or two in `both` mode), with the shared local `spark`.
+Everything asserted is read back from the stores; bad input is checked for its one-line
+message and an unchanged registry."""
 
-import os
 import uuid
 
 import mlflow
-import numpy as np
 import pytest
 from IPython.core.error import UsageError
 
@@ -57,22 +56,6 @@ def own_server(tmp_path):
     server = MlflowServer(tmp_path / "own-server", port=free_port()).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def spark():
-    """A small local Spark for this module; its Python workers use this interpreter (conftest)."""
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("dbxml-registry-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .getOrCreate()
-    )
-    yield session
-    session.stop()
 
 
 # ---------------------------------------------------------------------- scikit-learn, versions
@@ -132,6 +115,7 @@ def test_alias_tags_description_and_load_back_by_alias_on_server(linked, shell, 
 
 
 # ---------------------------------------------------------------------- other flavors
+@pytest.mark.spark
 def test_spark_pipeline_model_registered_and_loaded_back(linked, shell, mlflow_server, spark):
     import pandas as pd
     from pyspark.ml import Pipeline

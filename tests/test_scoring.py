@@ -62,12 +62,24 @@ class Registry:
         self.run_ids: dict[str, str] = {}
 
     def expected(self, model_uri: str, frame: pd.DataFrame) -> np.ndarray:
-        with_uri = mlflow.get_tracking_uri()
+        """The model's own `predict` on `frame`, loaded from this store whatever MLflow points at."""
+        from mlflow.tracking._model_registry import utils as registry_utils
+
+        saved = mlflow.get_tracking_uri(), registry_utils._registry_uri
         mlflow.set_tracking_uri(self.uri)
+        registry_utils._registry_uri = self.uri
         try:
             return np.asarray(mlflow.pyfunc.load_model(model_uri).predict(frame[FEATURES]))
         finally:
-            mlflow.set_tracking_uri(with_uri)
+            mlflow.set_tracking_uri(saved[0])
+            registry_utils._registry_uri = saved[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_registry(monkeypatch):
+    # mlflow.set_registry_uri (called when the extension activates a link) also exports
+    # MLFLOW_REGISTRY_URI, which would send the next test's registrations to this one's store.
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
 
 def _slow_model():
@@ -88,9 +100,12 @@ def registry(tmp_path_factory):
     folder = tmp_path_factory.mktemp("registry")
     registry = Registry(folder)
     frame = _iris()
-    previous_dir, previous_uri = os.getcwd(), mlflow.get_tracking_uri()
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    previous = os.getcwd(), mlflow.get_tracking_uri(), registry_utils._registry_uri
     os.chdir(folder)
     mlflow.set_tracking_uri(registry.uri)
+    registry_utils._registry_uri = registry.uri  # wins over an MLFLOW_REGISTRY_URI left by other tests
     try:
         classifier = LogisticRegression(max_iter=500).fit(frame[FEATURES], frame["target"])
         registry.run_ids["v1"] = _log(classifier, "iris-clf", frame=frame)
@@ -101,8 +116,9 @@ def registry(tmp_path_factory):
         registry.run_ids["slow"] = _log(_slow_model(), "slow", flavor="pyfunc", frame=frame)
         registry.run_ids["unregistered"] = _log(classifier, None, frame=frame)
     finally:
-        os.chdir(previous_dir)
-        mlflow.set_tracking_uri(previous_uri)
+        os.chdir(previous[0])
+        mlflow.set_tracking_uri(previous[1])
+        registry_utils._registry_uri = previous[2]
     return registry
 
 
@@ -271,10 +287,9 @@ def test_working_directory_store_is_the_default(ext, shell, spark, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     model = LogisticRegression(max_iter=300).fit(frame[FEATURES], frame["target"])
     _log(model, "local-clf", frame=frame)
-    mlflow.set_tracking_uri(None)  # as a fresh notebook: nothing set, the extension picks the store
     from mlflow.tracking._tracking_service import utils
 
-    utils._tracking_uri = None
+    utils._tracking_uri = None  # as a fresh notebook: nothing set, the extension picks the store
     shell.user_ns["frame"] = frame
 
     shell.run_line_magic("aml_score", "local-clf --df frame --into scored --limit 0")
@@ -387,22 +402,16 @@ def test_job_progress_counts_tasks_of_its_own_jobs(spark):
     with JobProgress(spark, "probe", show_after=0, interval=0.1, view_factory=lambda label: TextView(label, stream, every=0)) as progress:
         spark.range(0, 400, numPartitions=4).select(slowly("id")).collect()
     text = stream.getvalue()
-    assert "dbxml: probe: " in text
+    assert "/4 tasks, " in text.split("done", 1)[0]  # counts arrived while the job ran
     assert "dbxml: probe: done, 4/4 tasks, 1/1 stages" in text
     assert progress.snapshot().done_tasks == 4
     assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None
 
 
 # ---------------------------------------------------------------------- Spark Connect and resolution order
-def _connect_client(server):
-    from pyspark.sql.connect.session import SparkSession as ConnectSession
-
-    return ConnectSession.builder.remote(server.url).create()
-
-
 def test_remote_wins_over_the_notebook_spark(scoring, shell, spark, spark_connect, registry, monkeypatch, capsys):
     frame = _iris()
-    client = _connect_client(spark_connect)
+    client = spark_connect.client()
     table = f"remote_iris_{time.monotonic_ns()}"
     client.createDataFrame(frame).write.saveAsTable(table)  # exists on the server only
     monkeypatch.setitem(shell.user_ns, "spark", spark)
@@ -422,7 +431,7 @@ def test_remote_wins_over_the_notebook_spark(scoring, shell, spark, spark_connec
 
 def test_notebook_spark_wins_over_the_active_session(scoring, shell, spark, spark_connect, registry, monkeypatch, capsys):
     frame = _iris()
-    client = _connect_client(spark_connect)
+    client = spark_connect.client()
     view = f"connect_only_{time.monotonic_ns()}"
     client.createDataFrame(frame).createOrReplaceTempView(view)  # visible in this client's session only
     monkeypatch.setitem(shell.user_ns, "spark", client)  # as Databricks puts `spark` in the namespace
@@ -439,7 +448,7 @@ def test_job_progress_on_spark_connect(spark_connect):
     from dbxml_magics.spark_progress import JobProgress, TextView
     from dbxml_magics.spark_session import api_mode
 
-    client = _connect_client(spark_connect)
+    client = spark_connect.client()
     with api_mode(client):
         from pyspark.sql.functions import pandas_udf
 
@@ -454,7 +463,9 @@ def test_job_progress_on_spark_connect(spark_connect):
     stream = io.StringIO()
     with JobProgress(client, "remote", show_after=0, interval=0.1, view_factory=lambda label: TextView(label, stream, every=0)):
         frame.collect()
-    assert "dbxml: remote: done, 4/4 tasks" in stream.getvalue()
+    text = stream.getvalue()
+    assert "/4 tasks, " in text.split("done", 1)[0]  # counts arrived while the job ran
+    assert "dbxml: remote: done, 4/4 tasks" in text
 
 
 # ---------------------------------------------------------------------- a fresh kernel process
