@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from servers import MlflowServer  # noqa: E402
+from servers import MlflowServer, free_port  # noqa: E402
 
 # Shared Spark fixtures (`spark`, `spark_connect`): one Spark per test session.
 pytest_plugins = ["spark_fixtures"]
@@ -25,6 +25,14 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A server this test may stop and restart (same port, same database)."""
+    server = MlflowServer(tmp_path / "own-server", port=free_port()).start()
     yield server
     server.stop()
 

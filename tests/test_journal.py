@@ -5,20 +5,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import mlflow
 import pytest
 
-from servers import MlflowServer, free_port
-
-
-@pytest.fixture
-def own_server(tmp_path):
-    """A server this test may stop and restart (same port, same database)."""
-    server = MlflowServer(tmp_path / "own-server", port=free_port()).start()
-    yield server
-    server.stop()
 
 
 def _history(client, run_id, key):

@@ -9,7 +9,6 @@ import mlflow
 import pytest
 from IPython.core.error import UsageError
 
-from servers import MlflowServer, free_port
 
 TRAIN = """\
 from sklearn.datasets import load_iris
@@ -48,14 +47,6 @@ def trained(ext, shell):
     """The extension on the embedded store, with one tracked run that trained `clf` on iris."""
     shell.run_cell_magic("track", "train", TRAIN)
     yield ext
-
-
-@pytest.fixture
-def own_server(tmp_path):
-    """A server this test may stop and restart (same port, same database)."""
-    server = MlflowServer(tmp_path / "own-server", port=free_port()).start()
-    yield server
-    server.stop()
 
 
 # ---------------------------------------------------------------------- scikit-learn, versions
