@@ -175,8 +175,11 @@ def _prepare_embedded(target: Target) -> None:
         raise LinkError(f"Cannot create the embedded store in {folder} ({exc.strerror}). Choose another PATH.") from None
 
 
-def probe_target(target: Target, timeout: float = 5.0) -> None:
-    """Talk to the store once (quickly, no long retries) so a bad link fails before it is made."""
+def probe_target(target: Target, timeout: float = 15.0) -> None:
+    """Talk to the store once (no retries) so a bad link fails before it is made.
+
+    A refused connection fails at once; the timeout only bounds a busy or black-holed
+    server, and 5 s proved too short for a one-worker server on a loaded machine."""
     import os
 
     if target.kind == "aml":

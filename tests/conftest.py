@@ -59,6 +59,7 @@ def _reset_mlflow():
         pass
     mlflow.tracking.fluent._active_experiment_id = None
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
     utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
 
 
@@ -66,7 +67,10 @@ def _reset_mlflow():
 def shell(ipython_shell, tmp_path, monkeypatch):
     """A real InteractiveShell in a fresh working directory, with nothing loaded."""
     monkeypatch.chdir(tmp_path)
-    for name in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+    for name in (
+        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION",
+        "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",
+    ):
         monkeypatch.delenv(name, raising=False)
     _reset_mlflow()
     ipython_shell.run_line_magic("unload_ext", "dbxml_magics") if "dbxml_magics" in ipython_shell.extension_manager.loaded else None

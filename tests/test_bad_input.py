@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
-
 from servers import free_port
 
 SENTINEL_CELL = "bad_input_cell_ran = 1\n"
@@ -303,7 +302,7 @@ def malformed_lines(draw):
 
 
 @settings(
-    max_examples=150,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     database=None,

@@ -8,6 +8,7 @@ errors, notes, tracebacks - lands on that process's stdout/stderr, which is chec
 """
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -95,7 +96,5 @@ def test_two_kernels_track_into_one_embedded_store_without_losing_runs(tmp_path)
         assert run.data.metrics == {"score": int(index) / 100, "steps": 3.0, "inside": float(index)}, name
         assert [m.value for m in client.get_metric_history(run.info.run_id, "steps")] == [1.0, 2.0, 3.0], name
     # Nothing is left waiting in the shared journal: each kernel shipped its own rows.
-    import sqlite3
-
     with sqlite3.connect(tmp_path / ".dbxml" / "journal.sqlite") as journal:
         assert journal.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 0

@@ -14,7 +14,6 @@ import nbformat
 import pytest
 from mlflow.entities import ViewType
 from nbclient import NotebookClient
-
 from servers import free_port
 
 SP_SECRET = "fake-sp-secret-Qx81zL"
@@ -27,29 +26,38 @@ def _cells(uri_with_password: str, closed_port: int) -> list[tuple[str, bool]]:
     """(source, expected to fail) for each cell."""
     return [
         (
-            "import logging, os, mlflow\n"
-            "# Every log record of the session, as a handler a user or a platform would add.\n"
-            "handler = logging.FileHandler('records.log')\n"
-            "handler.setFormatter(logging.Formatter('%(name)s %(levelname)s %(message)s'))\n"
-            "logging.getLogger().addHandler(handler)\n"
-            "logging.getLogger().setLevel(logging.INFO)\n"
-            "%load_ext dbxml_magics\n"
-            "%config DbxmlMagics.credential_timeout = 5",
+            (
+                "import logging, os, mlflow\n"
+                "# Every log record of the session, as a handler a user or a platform would add.\n"
+                "handler = logging.FileHandler('records.log')\n"
+                "handler.setFormatter(logging.Formatter('%(name)s %(levelname)s %(message)s'))\n"
+                "logging.getLogger().addHandler(handler)\n"
+                "logging.getLogger().setLevel(logging.INFO)\n"
+                "%load_ext dbxml_magics\n"
+                "%config DbxmlMagics.credential_timeout = 5\n"
+                "def dump_widgets(path):\n"
+                "    import json\n"
+                "    from ipywidgets.widgets.widget import _instances\n"
+                "    with open(path, 'w') as out:\n"
+                "        json.dump([w.get_state() for w in list(_instances.values())], out, default=str)"
+            ),
             False,
         ),
         (f"%aml_link --uri {uri_with_password} --experiment secrets-check", False),
         # The secret really is in play: MLflow talks to the server with it.
         (f"assert {PASSWORD!r} in mlflow.get_tracking_uri()", False),
         (
-            "%%track with-secrets --params alpha --metrics accuracy --tags stage=dev\n"
-            "from sklearn.linear_model import LogisticRegression\n"
-            "import pandas as pd\n"
-            "frame = pd.DataFrame({'a': [0.0, 1.0, 2.0, 3.0], 'b': [1.0, 0.0, 1.0, 0.0]})\n"
-            "alpha = 0.5\n"
-            "clf = LogisticRegression().fit(frame, [0, 1, 0, 1])\n"
-            "accuracy = float(clf.score(frame, [0, 1, 0, 1]))\n"
-            "mlflow.log_metric('inside', 1.0)\n"
-            "print('trained')",
+            (
+                "%%track with-secrets --params alpha --metrics accuracy --tags stage=dev\n"
+                "from sklearn.linear_model import LogisticRegression\n"
+                "import pandas as pd\n"
+                "frame = pd.DataFrame({'a': [0.0, 1.0, 2.0, 3.0], 'b': [1.0, 0.0, 1.0, 0.0]})\n"
+                "alpha = 0.5\n"
+                "clf = LogisticRegression().fit(frame, [0, 1, 0, 1])\n"
+                "accuracy = float(clf.score(frame, [0, 1, 0, 1]))\n"
+                "mlflow.log_metric('inside', 1.0)\n"
+                "print('trained')"
+            ),
             False,
         ),
         ("%%track failing\nraise ValueError('boom')", True),
@@ -57,17 +65,17 @@ def _cells(uri_with_password: str, closed_port: int) -> list[tuple[str, bool]]:
         ("%aml_score secret-model --df frame --into scored --limit 3", False),
         ("%aml_sync --flush --timeout 60", False),
         ("%aml_panel", False),
+        ("dump_widgets('widget-state-linked.json')", False),
         (f"%aml_link --uri http://user:{PASSWORD}@127.0.0.1:{closed_port}", True),
         ("%aml_link -s 00000000-0000-0000-0000-000000000000 -g rg -w ws --auth service-principal", True),
         ("%aml_unlink", False),
         (
-            "import json, ipywidgets\n"
-            "from ipywidgets.widgets.widget import _instances\n"
-            "with open('widget-state.json', 'w') as out:\n"
-            "    json.dump([w.get_state() for w in list(_instances.values())], out, default=str)\n"
-            "from dbxml_magics.panel import live_panel\n"
-            "from dbxml_magics.session import get_session\n"
-            "assert live_panel(get_session()) is not None  # the panel was built and is in that state",
+            (
+                "dump_widgets('widget-state-end.json')\n"
+                "from dbxml_magics.panel import live_panel\n"
+                "from dbxml_magics.session import get_session\n"
+                "assert live_panel(get_session()) is not None  # the panel was built and is in that state"
+            ),
             False,
         ),
     ]
@@ -126,16 +134,19 @@ def test_no_secret_anywhere_after_every_magic(secrets_in_environment, tmp_path, 
         if bool(failed) != should_fail:
             unexpected.append((index, source.splitlines()[0], [o.get("text", o.get("evalue")) for o in cell.outputs]))
     assert not unexpected, unexpected
-    for index in (9, 10):  # the failed links: one line each, no traceback
-        (text,) = [o.text for o in notebook.cells[index].outputs if o.output_type == "stream" and o.name == "stderr"]
+    failed_links = [c for c in notebook.cells if c.source.startswith("%aml_link") and "secrets-check" not in c.source]
+    assert len(failed_links) == 2
+    for cell in failed_links:  # one line each, no traceback
+        (text,) = [o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"]
         assert text.startswith("UsageError: ") and "\n" not in text.strip() and "Traceback" not in text, text
-    assert "http://user:***@127.0.0.1" in notebook.cells[9].outputs[0].text
-    assert "service-principal" in notebook.cells[10].outputs[0].text or "Azure" in notebook.cells[10].outputs[0].text
+    assert "http://user:***@127.0.0.1" in failed_links[0].outputs[0].text
     _found(json.dumps(notebook.metadata), "notebook metadata (stored widget state)", found)
 
-    widget_state = json.loads((tmp_path / "widget-state.json").read_text())
-    assert any("user:***@" in json.dumps(state) for state in widget_state)  # the header shows the masked URI
-    _found(json.dumps(widget_state), "widget state", found)
+    for name in ("widget-state-linked.json", "widget-state-end.json"):
+        widget_state = json.loads((tmp_path / name).read_text())
+        _found(json.dumps(widget_state), name, found)
+    linked_state = (tmp_path / "widget-state-linked.json").read_text()
+    assert "user:***@127.0.0.1" in linked_state  # the header showed the linked URI, masked
     records = (tmp_path / "records.log").read_text()
     _found(records, "log records", found)
 
