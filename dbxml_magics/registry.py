@@ -88,29 +88,23 @@ def register_from_args(session: Session, namespace: dict, args) -> None:
         tags = parse_tags(args.tags or [])
     except TrackError as exc:
         raise RegisterError(str(exc)) from None
+    # The magics already removed the quotes IPython keeps (parse_tags those inside a pair).
     request = RegisterRequest(
-        name=_unquote(args.name),
+        name=args.name,
         model=args.model,
         run=args.run,
-        artifact_path=_unquote(args.artifact_path),
-        uri=_unquote(args.uri),
+        artifact_path=args.artifact_path,
+        uri=args.uri,
         flavor=args.flavor,
-        alias=_unquote(args.alias),
-        tags={key: _unquote(value) for key, value in tags.items()},
-        description=_unquote(args.description),
+        alias=args.alias,
+        tags=tags,
+        description=args.description,
         input_example=args.input_example,
     )
     record, notes = register_model(session, namespace, request)
     print(_summary(session, record))
     for note in notes:
         print(f"dbxml: {note}", file=sys.stderr)
-
-
-def _unquote(text: str | None) -> str | None:
-    """IPython splits magic lines keeping the quotes (non-POSIX, so Windows paths survive)."""
-    if text and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
 
 
 def register_model(session: Session, namespace: dict, request: RegisterRequest) -> tuple[ModelRecord, list[str]]:

@@ -53,6 +53,8 @@ def parse_tags(items: list[str]) -> dict[str, str]:
                 f"The tag key {key.strip()[:40]!r}... has {len(key.strip())} characters; MLflow allows "
                 f"{_MAX_TAG_KEY_LENGTH}. Use a shorter key."
             )
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]  # `stage='dev'`: IPython keeps quotes inside a word
         tags[key.strip()] = value
     return tags
 

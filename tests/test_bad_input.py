@@ -321,8 +321,11 @@ def test_generated_malformed_lines_end_in_one_line_and_change_nothing(
 
 def test_quoted_values_lose_their_quotes(linked, shell, mlflow_server):
     """IPython keeps quotes in magic arguments; the magics must not pass them on."""
-    shell.run_cell_magic("track", '"quoted run" --experiment "bad input quoted" --tags "team=data science"', "x = 1")
+    shell.run_cell_magic(
+        "track", '"quoted run" --experiment "bad input quoted" --tags "team=data science" stage=\'dev\'', "x = 1"
+    )
     run = mlflow_server.client().get_run(linked.last_run.run_id)
     assert run.info.run_name == "quoted run"
     assert mlflow_server.client().get_experiment(run.info.experiment_id).name == "bad input quoted"
     assert run.data.tags["team"] == "data science"
+    assert run.data.tags["stage"] == "dev"
