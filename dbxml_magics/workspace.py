@@ -362,7 +362,9 @@ def credential_for(auth: str, cloud_name: str | None = None, tenant_id: str | No
         raise LinkError(f"Unknown --auth {auth!r}: use one of {', '.join(AUTH_CHOICES)}.")
     authority = _cloud(cloud_name).authority
     tenant_id = os.environ.get("AZURE_TENANT_ID") or tenant_id
-    process_timeout = max(1, int(timeout))
+    # The sign-in bound is ours (check_credential's wait); a CLI process allowed to run a
+    # little longer never races it into azure-identity's vaguer "Failed to invoke" message.
+    process_timeout = max(1, int(timeout)) + 5
     if auth == "default":
         inner = identity.DefaultAzureCredential(
             authority=authority, exclude_interactive_browser_credential=True, process_timeout=process_timeout
