@@ -1,12 +1,13 @@
 """Where runs go: a Link is a primary tracking target plus an optional mirror."""
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LinkError
 from .masking import mask_uri
 
-__all__ = ["Target", "Link", "MODES", "aml_experiment_name", "link_from_args", "target_from_uri", "probe_target"]
+__all__ = ["Target", "Link", "MODES", "aml_experiment_name", "link_from_args", "target_from_uri", "probe_target", "quick_requests"]
 
 MODES = ("aml-only", "both")
 
@@ -180,8 +181,6 @@ def probe_target(target: Target, timeout: float = 15.0) -> None:
 
     A refused connection fails at once; the timeout only bounds a busy or black-holed
     server, and 5 s proved too short for a one-worker server on a loaded machine."""
-    import os
-
     if target.kind == "aml":
         # The plugin's own store builder would fall back to interactive sign-in.
         from .workspace import probe_aml_target
@@ -193,20 +192,30 @@ def probe_target(target: Target, timeout: float = 15.0) -> None:
     builder = registry.get_store_builder(target.uri)
     while hasattr(builder, "inner"):
         builder = builder.inner
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout)))
     try:
         from .journal import prepare_sqlite_store
 
-        prepare_sqlite_store(target.uri)
-        store = builder(store_uri=target.uri, artifact_uri=target.artifact_root)
-        store.search_experiments(max_results=1)
+        with quick_requests(timeout):
+            prepare_sqlite_store(target.uri)
+            store = builder(store_uri=target.uri, artifact_uri=target.artifact_root)
+            store.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable line
         raise LinkError(
             f"Cannot reach {target.display}: {_first_line(exc)}. Check that the server runs and the URI is right; "
             "the previous link is unchanged."
         ) from None
+
+
+@contextmanager
+def quick_requests(timeout: float):
+    """No MLflow retry ladder while probing a store: an unreachable one fails in seconds, not minutes."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout)))
+    try:
+        yield
     finally:
         for key, value in saved.items():
             if value is None:

@@ -14,19 +14,18 @@ every MLflow store understands (AML's MLflow endpoint included), and the folder 
 mirror receives.
 """
 
-import os
 import re
 import shutil
 import sys
 import tempfile
 import threading
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RegisterError, TrackError
 from .journal import register_kind
+from .link import quick_requests
 from .masking import redact
 from .session import ModelRecord, RunRecord, Session
 
@@ -117,7 +116,7 @@ def register_model(session: Session, namespace: dict, request: RegisterRequest) 
             saved = _save_in_memory_model(namespace, request, Path(workdir) / "model", notes)
         link = session.activate()
         client = _client(link.primary)
-        with _quick_requests():
+        with quick_requests(10):
             name_exists = _probe_registry(client, request.name, link.primary.display)
         if saved is not None:
             source = _log_to_run(session, client, request, saved)
@@ -373,22 +372,6 @@ def _client(target):
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=target.uri, registry_uri=target.registry_uri or target.uri)
-
-
-@contextmanager
-def _quick_requests(timeout: int = 10):
-    """No long retry ladder while probing: an unreachable store fails in seconds, not minutes."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _probe_registry(client, name: str, display: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .errors import LinkError
-from .link import Target
+from .link import Target, quick_requests
 from .masking import redact, remember_secret
 
 __all__ = [
@@ -571,21 +571,13 @@ def probe_aml_target(target: Target, timeout: float = 5.0) -> None:
     """One request through the real plugin store, without registering anything yet."""
     from azureml.mlflow._store.tracking.store import AzureMLRestStore
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout)))
     try:
-        AzureMLRestStore(_service_context(target)).search_experiments(max_results=1)
+        with quick_requests(timeout):
+            AzureMLRestStore(_service_context(target)).search_experiments(max_results=1)
     except LinkError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable line
         raise LinkError(_probe_failure(target, exc)) from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _probe_failure(target: Target, exc: Exception) -> str:
