@@ -29,7 +29,7 @@ from typing import Callable
 
 from .errors import JournalError
 from .link import Link, Target, aml_experiment_name
-from .masking import mask_uri, redact
+from .masking import first_line, mask_uri
 
 __all__ = ["Journal", "JournaledStore", "TargetStatus", "SOURCE_RUN_TAG", "register_kind", "prepare_sqlite_store"]
 
@@ -904,6 +904,4 @@ def _is_permanent(exc: Exception) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return redact(f"{type(exc).__name__}: {first}")[:300]
+    return f"{type(exc).__name__}: {first_line(exc)}"[:300]

@@ -225,8 +225,8 @@ def quick_requests(timeout: float):
 
 
 def _first_line(exc: BaseException) -> str:
-    from .masking import redact
+    from .masking import first_line
 
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return redact(mask_uri(text) if "://" in text and " " not in text else text)[:200]
+    text = first_line(exc, 200)
+    # A bare URI as the whole message (some stores raise that) may carry a password.
+    return mask_uri(text) if "://" in text and " " not in text else text

@@ -4,7 +4,7 @@ import os
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["mask_uri", "redact", "SECRET_ENV_VARS"]
+__all__ = ["mask_uri", "redact", "first_line", "SECRET_ENV_VARS"]
 
 # Environment variables whose values are secrets wherever they appear.
 SECRET_ENV_VARS = (
@@ -75,3 +75,9 @@ def redact(text: str) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, _MASK)
     return text
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an error, secrets removed, short enough for a one-line message."""
+    lines = str(exc).strip().splitlines()
+    return redact(lines[0] if lines else type(exc).__name__)[:limit]

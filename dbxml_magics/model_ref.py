@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ScoreError
-from .masking import redact
+from .masking import first_line
 
 __all__ = ["ModelRef", "resolve_model"]
 
@@ -176,7 +176,7 @@ def _signature(uri: str):
     try:
         return get_model_info(uri).signature
     except Exception as exc:  # noqa: BLE001 - missing files surface as several exception types
-        raise ScoreError(f"No MLflow model at {uri}: {_first_line(exc)}") from None
+        raise ScoreError(f"No MLflow model at {uri}: {first_line(exc)}") from None
 
 
 def _is_missing(exc: Exception) -> bool:
@@ -185,9 +185,6 @@ def _is_missing(exc: Exception) -> bool:
 
 
 def _unreachable(store: str, exc: Exception) -> ScoreError:
-    return ScoreError(f"Cannot read the model registry of {store}: {_first_line(exc)}")
+    return ScoreError(f"Cannot read the model registry of {store}: {first_line(exc)}")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return redact(lines[0] if lines else type(exc).__name__)[:300]

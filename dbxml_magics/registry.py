@@ -26,7 +26,7 @@ from pathlib import Path
 from .errors import RegisterError, TrackError
 from .journal import register_kind
 from .link import quick_requests
-from .masking import redact
+from .masking import first_line
 from .session import ModelRecord, RunRecord, Session
 
 __all__ = [
@@ -299,7 +299,7 @@ def _save_in_memory_model(namespace: dict, request: RegisterRequest, path: Path,
         raise
     except Exception as exc:  # noqa: BLE001 - any serialisation failure is the user's to fix
         raise RegisterError(
-            f"Cannot save {request.model} as a {flavor} model: {_first_line(exc)}. Nothing was registered."
+            f"Cannot save {request.model} as a {flavor} model: {first_line(exc)}. Nothing was registered."
         ) from None
     return _SavedModel(path=path, flavor=flavor)
 
@@ -384,9 +384,9 @@ def _probe_registry(client, name: str, display: str) -> bool:
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False
-        problem = _first_line(exc)
+        problem = first_line(exc)
     except Exception as exc:  # noqa: BLE001 - connection errors of any client library
-        problem = _first_line(exc)
+        problem = first_line(exc)
     raise RegisterError(
         f"Cannot reach the model registry of {display}: {problem}. Nothing was registered; "
         "check that the store is running, or %aml_link to another one."
@@ -394,7 +394,7 @@ def _probe_registry(client, name: str, display: str) -> bool:
 
 
 def _store_error(what: str, exc: Exception) -> RegisterError:
-    return RegisterError(f"{what}: {_first_line(exc)}. Nothing was registered.")
+    return RegisterError(f"{what}: {first_line(exc)}. Nothing was registered.")
 
 
 def _current_run(session: Session, display: str) -> RunRecord | None:
@@ -611,7 +611,7 @@ def _source_from_registry(client, uri: str) -> _Source:
         version = client.get_model_version(*resolved)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
-            raise RegisterError(f"No model behind {uri}: {_first_line(exc)}") from None
+            raise RegisterError(f"No model behind {uri}: {first_line(exc)}") from None
         raise _store_error(f"Cannot read {uri}", exc) from None
     return _Source(source=version.source, run_id=version.run_id, model_id=getattr(version, "model_id", None))
 
@@ -637,7 +637,7 @@ def _create_version(client, request: RegisterRequest, source: _Source, name_exis
     except Exception as exc:  # noqa: BLE001 - undo, then one line
         _undo(client, request.name, version, created_model)
         raise RegisterError(
-            f"{display} refused to register {request.name!r}: {_first_line(exc)}. Nothing was registered."
+            f"{display} refused to register {request.name!r}: {first_line(exc)}. Nothing was registered."
         ) from None
     return version
 
@@ -678,7 +678,7 @@ def _queue_mirror(session: Session, client, request: RegisterRequest, source: _S
             copy = _model_root(copy)
     except Exception as exc:  # noqa: BLE001 - the primary version stands; say what the mirror misses
         shutil.rmtree(copy, ignore_errors=True)
-        return [f"mirror {mirror.display}: not registered; the model could not be copied ({_first_line(exc)})."]
+        return [f"mirror {mirror.display}: not registered; the model could not be copied ({first_line(exc)})."]
     key = uuid.uuid4().hex
     with _awaiting_lock:
         _awaiting_mirror[key] = (session, record)
@@ -778,6 +778,3 @@ def _summary(session: Session, record: ModelRecord) -> str:
     return "\n".join(lines)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return redact(lines[0] if lines else type(exc).__name__)[:300]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ScoreError
-from .masking import redact
+from .masking import first_line, redact
 from .model_ref import ModelRef, resolve_model
 from .session import ScoreRecord, Session
 from .spark_progress import JobProgress
@@ -390,7 +390,7 @@ def _build_udf(choice: SparkChoice, model: ModelRef, result_type):
     try:
         return mlflow.pyfunc.spark_udf(choice.spark, uri, result_type=result_type, env_manager="local")
     except MlflowException as exc:
-        raise ScoreError(f"Cannot score with {model.label}: {_first_line(exc)}") from None
+        raise ScoreError(f"Cannot score with {model.label}: {first_line(exc)}") from None
     finally:
         logger.removeFilter(quiet)
 
@@ -497,6 +497,3 @@ def _spark_message(exc) -> str:
     return redact(text.split(" SQLSTATE")[0])[:300]
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return redact(lines[0] if lines else type(exc).__name__)[:300]

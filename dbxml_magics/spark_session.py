@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ScoreError
+from .masking import first_line
 
 __all__ = [
     "SparkChoice",
@@ -171,7 +172,7 @@ def _remote_session(url: str) -> SparkChoice:
         client = ConnectSession.builder.remote(url).create()
         client.version  # noqa: B018 - one round trip proves the server speaks Spark Connect
     except Exception as exc:  # noqa: BLE001 - any client failure becomes one line
-        raise ScoreError(f"Spark Connect server {shown} did not answer: {_first_line(exc)}") from None
+        raise ScoreError(f"Spark Connect server {shown} did not answer: {first_line(exc)}") from None
     _connect_clients[url] = client
     return SparkChoice(client, "remote", f"Spark Connect {shown}")
 
@@ -230,7 +231,7 @@ def _local_session() -> SparkChoice:
                 .getOrCreate()
             )
     except Exception as exc:  # noqa: BLE001 - a JVM that does not start is one line
-        raise ScoreError(f"Could not start a local Spark session: {_first_line(exc)}. Is Java 17+ installed?") from None
+        raise ScoreError(f"Could not start a local Spark session: {first_line(exc)}. Is Java 17+ installed?") from None
     finally:
         if saved is None:
             os.environ.pop("PYSPARK_PYTHON", None)
@@ -256,8 +257,3 @@ def _describe(spark) -> str:
         return "classic Spark"
 
 
-def _first_line(exc: BaseException) -> str:
-    from .masking import redact
-
-    lines = str(exc).strip().splitlines()
-    return redact(lines[0] if lines else type(exc).__name__)[:300]

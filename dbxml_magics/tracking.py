@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TrackError
-from .masking import redact
+from .masking import first_line, redact
 from .session import RunRecord, Session
 
 __all__ = ["TrackRequest", "run_tracked_cell", "parse_tags", "notebook_path"]
@@ -116,9 +116,9 @@ def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
     except Exception as exc:  # noqa: BLE001 - any store failure becomes one line
         if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
             # The store answered: the request (a tag key, a run name) is what needs fixing.
-            raise TrackError(f"{link.primary.display} refused the run: {_first_line(exc)}. The cell was not run.") from None
+            raise TrackError(f"{link.primary.display} refused the run: {first_line(exc)}. The cell was not run.") from None
         raise TrackError(
-            f"Could not start a run on {link.primary.display}: {_first_line(exc)}. The cell was not run; "
+            f"Could not start a run on {link.primary.display}: {first_line(exc)}. The cell was not run; "
             "check that the store is reachable, or run %aml_link --local to use the embedded store."
         ) from None
     run_id = run.info.run_id
@@ -143,7 +143,7 @@ def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
             status, error = "KILLED", "interrupted"
             raise
         except BaseException as exc:
-            status, error = "FAILED", _first_line(exc)
+            status, error = "FAILED", first_line(exc)
             session.journal.log_text(run_id, redact(traceback.format_exc()), "traceback.txt")
             raise
     finally:
@@ -161,9 +161,6 @@ def _is_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return redact(lines[0] if lines else type(exc).__name__)[:300]
 
 
 def _resolve_experiment(session: Session, requested: str | None) -> tuple[str, str]:
@@ -179,14 +176,14 @@ def _resolve_experiment(session: Session, requested: str | None) -> tuple[str, s
         try:
             experiment = mlflow.set_experiment(name)
         except Exception as exc:  # noqa: BLE001
-            raise TrackError(f"Cannot use experiment {name!r}: {_first_line(exc)}") from None
+            raise TrackError(f"Cannot use experiment {name!r}: {first_line(exc)}") from None
         return experiment.experiment_id, experiment.name
     experiment_id = mlflow.tracking.fluent._get_experiment_id()
     try:
         experiment = mlflow.get_experiment(experiment_id)
     except Exception as exc:  # noqa: BLE001
         raise TrackError(
-            f"Cannot reach the tracking store {session.link.primary.display}: {_first_line(exc)}. "
+            f"Cannot reach the tracking store {session.link.primary.display}: {first_line(exc)}. "
             "The cell was not run."
         ) from None
     return experiment_id, experiment.name if experiment else "Default"

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from .errors import LinkError
 from .link import Target, quick_requests
-from .masking import redact, remember_secret
+from .masking import first_line, remember_secret
 
 __all__ = [
     "AUTH_CHOICES",
@@ -422,7 +422,7 @@ def check_credential(credential: _CheckedCredential, cloud_name: str | None, tim
             "(%config DbxmlMagics.credential_timeout sets the wait)."
         ) from None
     except Exception as exc:  # noqa: BLE001 - azure-identity's errors are long and multi-line
-        raise LinkError(f"{what} failed ({_first_line(exc)}); {_auth_fixes(credential.auth)}.") from None
+        raise LinkError(f"{what} failed ({first_line(exc, 200)}); {_auth_fixes(credential.auth)}.") from None
 
 
 def _within(seconds: float, work: Callable[[], Any]) -> Any:
@@ -515,7 +515,7 @@ def resolve_workspace_target(args, settings) -> Target:
         ) from None
     except Exception as exc:  # noqa: BLE001 - any SDK failure is one line
         raise LinkError(
-            f"Azure Resource Manager lookup of workspace {ref.workspace!r} failed ({_first_line(exc)}); "
+            f"Azure Resource Manager lookup of workspace {ref.workspace!r} failed ({first_line(exc, 200)}); "
             "check the network and --auth, or link the workspace's azureml:// URI with --uri."
         ) from None
     return Target(
@@ -592,7 +592,7 @@ def _probe_failure(target: Target, exc: Exception) -> str:
     if code in ("RESOURCE_DOES_NOT_EXIST", "ENDPOINT_NOT_FOUND") or re.search(r"\b404\b", text):
         return f"{where} has no MLflow endpoint there: check the URI or link with -s/-g/-w; the previous link is unchanged."
     return (
-        f"Cannot reach {where}: {_first_line(exc)}. Check the network and the URI; the previous link is unchanged."
+        f"Cannot reach {where}: {first_line(exc, 200)}. Check the network and the URI; the previous link is unchanged."
     )
 
 
@@ -629,7 +629,7 @@ def account_workspaces(settings=None, auth: str = "default") -> list[WorkspaceRe
     try:
         return list(_within(_ARM_TIMEOUT, lambda: arm.list_workspaces(credential, cloud)))
     except Exception as exc:  # noqa: BLE001 - one line for the panel
-        raise LinkError(f"Cannot list Azure ML workspaces ({_first_line(exc)}); link with -s/-g/-w or --config.") from None
+        raise LinkError(f"Cannot list Azure ML workspaces ({first_line(exc, 200)}); link with -s/-g/-w or --config.") from None
 
 
 def list_account_workspaces(settings=None, auth: str = "default", callback: Callable | None = None):
@@ -645,13 +645,9 @@ def list_account_workspaces(settings=None, auth: str = "default", callback: Call
         try:
             future.set_result(account_workspaces(settings, auth))
         except BaseException as exc:  # noqa: BLE001 - the panel shows it inline
-            future.set_exception(exc if isinstance(exc, LinkError) else LinkError(_first_line(exc)))
+            future.set_exception(exc if isinstance(exc, LinkError) else LinkError(first_line(exc, 200)))
 
     threading.Thread(target=work, name="dbxml-list-workspaces", daemon=True).start()
     return future
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return redact(text)[:200]
