@@ -62,11 +62,11 @@ def resolve_model(session, text: str) -> ModelRef:
         if "/" in rest:
             name, version = rest.rsplit("/", 1)
             if version.lower() == "latest":
-                return _registered(client, store, text, name, _latest_version(client, store, name))
+                return _pinned(client, store, text, name, _latest_version(client, store, name))
             return _registered(client, store, text, name, version)
         if rest.startswith("m-"):
             return _unregistered(client, text)
-        return _registered(client, store, text, rest, _latest_version(client, store, rest))
+        return _pinned(client, store, text, rest, _latest_version(client, store, rest))
     if text.startswith("runs:/"):
         return _from_run(client, text)
     if "://" in text or text.startswith(("file:", "dbfs:")):
@@ -74,20 +74,26 @@ def resolve_model(session, text: str) -> ModelRef:
     if "@" in text:
         name, alias = text.rsplit("@", 1)
         return _by_alias(client, store, text, name, alias)
-    return _registered(client, store, text, text, _latest_version(client, store, text))
+    return _pinned(client, store, text, text, _latest_version(client, store, text))
 
 
 def _registered(client, store: str, requested: str, name: str, version) -> ModelRef:
-    _require_registered_model(client, store, name)
+    # The common case (the version exists) costs one registry call; only a miss asks the
+    # follow-up questions that make its message useful.
     version = str(version)
     try:
         model_version = client.get_model_version(name, version)
     except Exception as exc:  # noqa: BLE001
         if not _is_missing(exc):
             raise _unreachable(store, exc) from None
+        _require_registered_model(client, store, name)
         versions = _versions(client, name)
         known = ", ".join(versions) if versions else "none"
         raise ScoreError(f"Model {name!r} has no version {version} in {store} (versions: {known}).") from None
+    return _pinned(client, store, requested, name, model_version)
+
+
+def _pinned(client, store: str, requested: str, name: str, model_version) -> ModelRef:
     uri = f"models:/{name}/{model_version.version}"
     signature = _signature(uri)
     try:
@@ -106,27 +112,31 @@ def _registered(client, store: str, requested: str, name: str, version) -> Model
 
 
 def _by_alias(client, store: str, requested: str, name: str, alias: str) -> ModelRef:
-    _require_registered_model(client, store, name)
     try:
         model_version = client.get_model_version_by_alias(name, alias)
     except Exception as exc:  # noqa: BLE001
         if not _is_missing(exc):
             raise _unreachable(store, exc) from None
+        _require_registered_model(client, store, name)
         aliases = sorted(client.get_registered_model(name).aliases or {})
         known = f"aliases: {', '.join(aliases)}" if aliases else "it has no aliases"
         raise ScoreError(
             f"Model {name!r} has no alias {alias!r} in {store} ({known}); set one with %aml_register --alias "
             "or MlflowClient().set_registered_model_alias."
         ) from None
-    return _registered(client, store, requested, name, model_version.version)
+    return _pinned(client, store, requested, name, model_version)
 
 
-def _latest_version(client, store: str, name: str) -> str:
-    _require_registered_model(client, store, name)
-    versions = _versions(client, name)
+def _latest_version(client, store: str, name: str):
+    """The highest version of `name` (a ModelVersion), from one search."""
+    try:
+        versions = client.search_model_versions(_name_filter(name))
+    except Exception as exc:  # noqa: BLE001
+        raise _unreachable(store, exc) from None
     if not versions:
+        _require_registered_model(client, store, name)
         raise ScoreError(f"Model {name!r} has no versions in {store}; register one with %aml_register {name} --model VAR.")
-    return versions[-1]
+    return max(versions, key=lambda model_version: int(model_version.version))
 
 
 def _require_registered_model(client, store: str, name: str) -> None:
@@ -147,9 +157,13 @@ def _require_registered_model(client, store: str, name: str) -> None:
 
 
 def _versions(client, name: str) -> list[str]:
-    quoted = name.replace("'", "\\'")
-    versions = client.search_model_versions(f"name = '{quoted}'")
+    versions = client.search_model_versions(_name_filter(name))
     return [str(v) for v in sorted(int(mv.version) for mv in versions)]
+
+
+def _name_filter(name: str) -> str:
+    quoted = name.replace("'", "\\'")
+    return f"name = '{quoted}'"
 
 
 def _from_run(client, uri: str) -> ModelRef:

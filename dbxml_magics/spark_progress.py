@@ -188,13 +188,19 @@ class JobProgress:
             self._stages.update(seen)
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.interval):
+        # Nothing is asked of Spark before `show_after`: a short job pays no status calls,
+        # and the first poll after it still sees every job of the group from its start.
+        if self._stop.wait(self.show_after):
+            return
+        while True:
             self._poll()
-            if not self._view_tried and time.monotonic() - self._started >= self.show_after:
+            if not self._view_tried:
                 self._view_tried = True
                 self.view = self._safely(self.view_factory, self.label)
             if self.view is not None:
                 self._safely(self.view.update, self.snapshot())
+            if self._stop.wait(self.interval):
+                return
 
     # -------------------------------------------------------------- cleanup
     def _cancel(self) -> None:

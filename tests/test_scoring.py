@@ -407,6 +407,22 @@ def test_job_progress_counts_tasks_of_its_own_jobs(spark):
     assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None
 
 
+def test_job_progress_stays_silent_and_asks_spark_nothing_for_short_jobs(spark):
+    from dbxml_magics.spark_progress import JobProgress
+
+    views, polls = [], []
+
+    class Counting(JobProgress):
+        def _poll(self):
+            polls.append(time.monotonic())
+            super()._poll()
+
+    with Counting(spark, "short", show_after=30, interval=0.01, view_factory=views.append):
+        spark.range(100).count()
+    assert views == [] and polls == []
+    assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None
+
+
 # ---------------------------------------------------------------------- Spark Connect and resolution order
 def test_remote_wins_over_the_notebook_spark(scoring, shell, spark, spark_connect, registry, monkeypatch, capsys):
     frame = _iris()
