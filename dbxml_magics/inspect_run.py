@@ -49,7 +49,9 @@ def run_ui_url(target: Target, experiment_id: str, run_id: str) -> str | None:
     only fail to log in, while a bare one lets the browser ask for them.
     """
     if target.kind == "aml":
-        return target.studio_url or None
+        from .workspace import studio_run_url
+
+        return studio_run_url(target.studio_url, run_id) if target.studio_url else None
     if target.kind == "databricks":
         host = os.environ.get("DATABRICKS_HOST", "").rstrip("/")
         return f"{host}/#mlflow/experiments/{experiment_id}/runs/{run_id}" if host else None

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import LinkError
 from .link import Target, quick_requests
@@ -48,6 +48,7 @@ __all__ = [
     "check_credential",
     "tracking_uri_for",
     "studio_url_for",
+    "studio_run_url",
     "resolve_workspace_target",
     "target_from_azureml_uri",
     "probe_aml_target",
@@ -463,6 +464,13 @@ def studio_url_for(ref: WorkspaceRef, tenant_id: str | None = None) -> str:
     """The workspace in AML studio (runs, models), the link the panel shows."""
     url = f"https://ml.azure.com/?wsid={ref.arm_id}"
     return url + (f"&tid={tenant_id}" if tenant_id else "")
+
+
+def studio_run_url(studio_url: str, run_id: str) -> str:
+    """One run's page in AML studio: the workspace link with the path `/runs/<run id>`, as
+    azureml-core's HasRunPortal builds it (an MLflow run id is the AML run id)."""
+    parts = urlsplit(studio_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/runs/{quote(run_id, safe='')}", parts.query, ""))
 
 
 def _host_url(netloc: str) -> str:

@@ -17,8 +17,8 @@ from dbxml_magics.session import ModelRecord, ScoreRecord
          "https://mlflow.example.org/tracking/#/experiments/7/runs/abc"),
         (Target(uri="azureml://westeurope.api.azureml.ms/mlflow/v2.0/subscriptions/s/resourceGroups/g/providers/"
                     "Microsoft.MachineLearningServices/workspaces/w", kind="aml",
-                studio_url="https://ml.azure.com/?wsid=/subscriptions/s/resourceGroups/g/workspaces/w"),
-         "https://ml.azure.com/?wsid=/subscriptions/s/resourceGroups/g/workspaces/w"),
+                studio_url="https://ml.azure.com/?wsid=/subscriptions/s/resourceGroups/g/workspaces/w&tid=t"),
+         "https://ml.azure.com/runs/abc?wsid=/subscriptions/s/resourceGroups/g/workspaces/w&tid=t"),
         (Target(uri="sqlite:////tmp/mlflow.db", kind="embedded"), None),
     ],
 )
