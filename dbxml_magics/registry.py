@@ -622,8 +622,7 @@ def _create_version(client, request: RegisterRequest, source: _Source, name_exis
     version = None
     try:
         if not name_exists:
-            client.create_registered_model(request.name)
-            created_model = True
+            created_model = _create_registered_model(client, request.name)
         version = client.create_model_version(
             request.name,
             source.source,
@@ -637,9 +636,22 @@ def _create_version(client, request: RegisterRequest, source: _Source, name_exis
     except Exception as exc:  # noqa: BLE001 - undo, then one line
         _undo(client, request.name, version, created_model)
         raise RegisterError(
-            f"{display} refused to register {request.name!r}: {first_line(exc)}. Nothing was registered."
+            f"{display} refused to register {request.name!r}: {first_line(exc).rstrip('.')}. Nothing was registered."
         ) from None
     return version
+
+
+def _create_registered_model(client, name: str) -> bool:
+    """Create `name`; False when another kernel created it since the probe (then it is simply used)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+            return False
+        raise
+    return True
 
 
 def _undo(client, name: str, version, created_model: bool) -> None:

@@ -15,6 +15,7 @@ import textwrap
 import time
 
 import mlflow
+import numpy as np
 from mlflow.entities import ViewType
 
 RUNS_PER_KERNEL = 100
@@ -98,3 +99,69 @@ def test_two_kernels_track_into_one_embedded_store_without_losing_runs(tmp_path)
     # Nothing is left waiting in the shared journal: each kernel shipped its own rows.
     with sqlite3.connect(tmp_path / ".dbxml" / "journal.sqlite") as journal:
         assert journal.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 0
+
+
+VERSIONS_PER_KERNEL = 6
+
+_REGISTERING_KERNEL = textwrap.dedent(
+    """
+    import os, sys, time
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "dbxml_magics")
+    kernel = sys.argv[1]
+    ip.run_cell(
+        "from sklearn.linear_model import LogisticRegression\\n"
+        "clf = LogisticRegression().fit([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, 1.0]], [0, 1, 0, 1])"
+    )
+    open(f"ready-{kernel}", "w").close()
+    while not os.path.exists("go"):  # both kernels register at the same moment, the first time too
+        time.sleep(0.01)
+    failures = 0
+    for index in range(int(sys.argv[2])):
+        result = ip.run_cell(f"%aml_register shared-clf --model clf --tags kernel={kernel} index={index}")
+        failures += not result.success
+    ip.run_line_magic("unload_ext", "dbxml_magics")
+    print("DONE", kernel, "failures", failures, flush=True)
+    """
+)
+
+
+def test_two_kernels_register_versions_of_one_new_model_at_once(tmp_path):
+    """Both kernels find no `shared-clf` and create it at the same moment; every version lands, once."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION")}
+    kernels = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", _REGISTERING_KERNEL, name, str(VERSIONS_PER_KERNEL)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for name in ("alpha", "beta")
+    }
+    try:
+        _wait_for_files([tmp_path / f"ready-{name}" for name in kernels], 180, kernels.values())
+        (tmp_path / "go").touch()
+        outputs = {name: kernel.communicate(timeout=900) for name, kernel in kernels.items()}
+    finally:
+        for kernel in kernels.values():
+            if kernel.poll() is None:
+                kernel.kill()
+                kernel.wait()
+
+    for name, (stdout, stderr) in outputs.items():
+        seen = stdout + stderr
+        assert kernels[name].returncode == 0, seen[-3000:]
+        assert f"DONE {name} failures 0" in stdout, seen[-3000:]
+        assert "locked" not in seen and "Traceback" not in seen, seen[-3000:]
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'shared-clf'")
+    numbers = sorted(int(v.version) for v in versions)
+    assert numbers == list(range(1, 2 * VERSIONS_PER_KERNEL + 1))
+    registered = sorted((v.tags["kernel"], int(v.tags["index"])) for v in versions)
+    assert registered == sorted((k, i) for k in kernels for i in range(VERSIONS_PER_KERNEL))
+    # Each version points at its own logged model, and each loads.
+    assert len({v.source for v in versions}) == len(versions)
+    for version in versions[:2]:
+        model = mlflow.pyfunc.load_model(client.get_model_version_download_uri("shared-clf", version.version))
+        assert list(model.predict(np.array([[0.0, 1.0]]))) == [0]

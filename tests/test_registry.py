@@ -250,6 +250,21 @@ def test_failed_registration_keeps_existing_versions(trained, shell, tmp_path):
     assert client.get_registered_model("iris").aliases == {}
 
 
+def test_name_created_by_another_kernel_after_the_probe_is_used_not_refused(trained, shell, tmp_path, monkeypatch):
+    """Two kernels both find no `iris` and both create it; the later one adds its version to it.
+
+    The interleaving is forced here: the probe says "new" while the model already exists (the
+    two-kernel version of the race runs in test_concurrency.py)."""
+    from dbxml_magics import registry
+
+    shell.run_line_magic("aml_register", "iris --model clf")
+    monkeypatch.setattr(registry, "_probe_registry", lambda client, name, display: False)
+    shell.run_line_magic("aml_register", "iris --model clf --alias champion")
+    client = _embedded_client(tmp_path)
+    assert _versions(client, "iris") == [1, 2]
+    assert client.get_registered_model("iris").aliases == {"champion": 2}
+
+
 def test_version_refused_by_server_leaves_no_registered_model(linked, shell, mlflow_server, tmp_path):
     # A real server refuses a local folder as a version source: the registered model created
     # just before must be removed again.
