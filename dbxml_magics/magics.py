@@ -216,14 +216,16 @@ class DbxmlMagics(Settings, Magics):
         print(sync_report(self.session, flush=args.flush, timeout=args.timeout))
 
     @magic_arguments()
+    @argument("run", nargs="?", help="Open this run in the inspector: `last`, a run name of this session, or a run id.")
     @line_magic
     @_user_errors
     def aml_panel(self, line):
-        """Show the live panel of this session again."""
-        _parse(self.aml_panel, line)
-        self._show_panel()
+        """Show the live panel of this session again; with RUN, open that run (text in a terminal)."""
+        args = _parse(self.aml_panel, line)
+        details = self.session.run_details(self.session.resolve_run(args.run)) if args.run else None
+        self._show_panel(details)
 
-    def _show_panel(self) -> None:
+    def _show_panel(self, details=None) -> None:
         from .panel import show_panel
 
-        show_panel(self.session)
+        show_panel(self.session, details)

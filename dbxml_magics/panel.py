@@ -31,6 +31,7 @@ __all__ = [
     "show_panel",
     "close_panel",
     "panel_text",
+    "run_text",
     "history_png",
 ]
 
@@ -143,6 +144,56 @@ def panel_text(session: Session, statuses: list[dict] | None = None, limit: int 
     older = len(session.runs) - len(runs)
     if older > 0:
         lines.append(f"  ... and {older} older runs")
+    return "\n".join(lines)
+
+
+def run_text(details) -> str:
+    """One run's details as plain text: what the inspector shows, for a terminal."""
+    duration = (
+        format_duration(details.end_time - details.start_time) if details.end_time and details.start_time else "running"
+    )
+    lines = [
+        f"Run {details.name}: {details.status}, {details.run_id}, started {format_clock(details.start_time)}, "
+        f"{duration}, in {details.store}",
+        f"  {details.ui_url}" if details.ui_url else
+        f"  no web UI for this store; see it with: mlflow ui --backend-store-uri {details.store}",
+    ]
+
+    def section(title: str, header: tuple, rows: list, empty: str) -> None:
+        if not rows:
+            lines.append(f"{title}: {empty}")
+            return
+        lines.append(f"{title}:")
+        table = [tuple(str(cell) for cell in header)] + [tuple(str(cell) for cell in row) for row in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        lines.extend("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+    section(
+        "Metrics", ("metric", "last", "steps", "min", "max"),
+        [
+            (name, f"{value:.6g}", len(points), f"{min(v for _, v in points):.6g}" if points else "",
+             f"{max(v for _, v in points):.6g}" if points else "")
+            for name, value in details.metrics.items()
+            for points in [details.histories.get(name, [])]
+        ],
+        "none logged",
+    )
+    section("Params", ("param", "value"), list(details.params.items()), "none logged")
+    section(
+        "Tags", ("tag", "value"),
+        [(k, v if len(v) <= 100 else v[:100] + "...") for k, v in details.tags.items() if not k.startswith("mlflow.")],
+        "none besides MLflow's own",
+    )
+    artifacts = ", ".join(details.artifacts) + (" (first files only)" if details.artifacts_truncated else "")
+    lines.append(f"Artifacts: {artifacts or 'none'}")
+    section(
+        "Models registered from it in this session", ("model", "version", "alias"),
+        [(m.name, m.version, m.alias or "") for m in details.models], "none",
+    )
+    section(
+        "Scorings with those models", ("scored with", "input", "rows", "seconds", "output"),
+        [(sc.model_uri, sc.input, f"{sc.rows:,}", f"{sc.seconds:.1f}", sc.output) for sc in details.scorings], "none",
+    )
     return "\n".join(lines)
 
 
@@ -413,6 +464,13 @@ class Inspector:
             self.title.value = f"<b>{html.escape(name)}</b> <i>loading...</i>"
             self.pending = self._executor.submit(self._load, run_id)
         return self.pending
+
+    def show_details(self, details) -> None:
+        """Show a run already read (by `%aml_panel RUN`), without a second read."""
+        with self._lock:
+            self.run_id = details.run_id
+            self.pending = None
+            self._render(details)
 
     def refresh_if_showing(self, run_id: str | None) -> None:
         if run_id is not None and run_id == self.run_id:
@@ -796,11 +854,14 @@ class SessionPanel:
 class PanelView:
     """What `show_panel` displays: the live widgets where a frontend renders them, else text."""
 
-    def __init__(self, session: Session, panel: SessionPanel | None):
+    def __init__(self, session: Session, panel: SessionPanel | None, details=None):
         self.session = session
         self.panel = panel
+        self.details = details  # a run opened in the inspector: its text is what a terminal shows
 
     def text(self) -> str:
+        if self.details is not None:
+            return run_text(self.details)
         return self.panel.text() if self.panel is not None else panel_text(self.session)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
@@ -827,11 +888,17 @@ def live_panel(session: Session) -> SessionPanel | None:
     return panel
 
 
-def show_panel(session: Session) -> None:
-    """Display the session's one live panel (again): every display shows the same state."""
+def show_panel(session: Session, details=None) -> None:
+    """Display the session's one live panel (again): every display shows the same state.
+
+    With `details` (a RunDetails) the inspector opens on that run; a terminal gets the run's text.
+    """
     from IPython.display import display
 
-    display(PanelView(session, live_panel(session)))
+    panel = live_panel(session)
+    if panel is not None and details is not None:
+        panel.inspector.show_details(details)
+    display(PanelView(session, panel, details))
 
 
 def close_panel(session: Session) -> None:

@@ -5,6 +5,7 @@ through `subscribe`.
 """
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,10 @@ from .errors import DbxmlError
 from .link import Link, Target
 
 __all__ = ["Session", "RunRecord", "ModelRecord", "ScoreRecord", "get_session"]
+
+# MLflow run ids are 32 hex digits; other stores (AML) use longer word-like ids. Anything
+# shorter that is not a run name of this session is a typo, not an id worth a round trip.
+_LOOKS_LIKE_RUN_ID = re.compile(r"[\w.-]{16,}")
 
 _sessions: dict[int, "Session"] = {}
 
@@ -235,6 +240,23 @@ class Session:
 
     def find_run(self, run_id: str) -> RunRecord | None:
         return next((r for r in reversed(self.runs) if r.run_id == run_id), None)
+
+    def resolve_run(self, text: str) -> str:
+        """The run id behind what a user typed: `last`, a run name of this session (its newest
+        run of that name), or a run id (checked when it is read)."""
+        text = text.strip()
+        if text == "last":
+            if self.last_run is None:
+                raise DbxmlError("No run in this session yet: run a %%track cell first, or give a run id.")
+            return self.last_run.run_id
+        named = next((r for r in reversed(self.runs) if r.name == text), None)
+        if named is not None:
+            return named.run_id
+        if self.find_run(text) is not None or _LOOKS_LIKE_RUN_ID.fullmatch(text):
+            return text
+        names = list(dict.fromkeys(r.name for r in reversed(self.runs)))[:10]
+        known = f"runs of this session: {', '.join(names)}" if names else "no runs in this session yet"
+        raise DbxmlError(f"No run named {text!r} ({known}); give `last`, a run name, or a run id.")
 
     def run_details(self, run_id: str):
         """Params, tags, metric histories, artifacts, models and scorings of a run (a RunDetails).

@@ -321,6 +321,63 @@ def test_text_form_without_widgets_lists_header_and_runs(ext, shell):
     assert pretty(PanelView(ext, None)) == panel_text(ext)
 
 
+def test_aml_panel_run_opens_the_inspector_and_prints_the_run_in_a_terminal(ext, shell, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    shell.run_cell_magic("track", "first --params alpha --metrics acc", "alpha = 0.1\nacc = 0.5")
+    shell.run_cell_magic(
+        "track",
+        "second --params alpha --tags team=vision --artifacts notes.txt",
+        "import mlflow\nalpha = 0.2\nfor step in range(4):\n    mlflow.log_metric('loss', 4 - step, step=step)\n",
+    )
+    first, second = ext.runs
+    ext.add_model(ModelRecord(name="clf", version="3", source_run_id=second.run_id, model_uri="models:/clf/3"))
+    capsys.readouterr()
+
+    shell.run_line_magic("aml_panel", "last")
+    text = capsys.readouterr().out  # a terminal shell displays the run's text
+    assert text.startswith(f"Run second: FINISHED, {second.run_id}, started ")
+    assert "mlflow ui --backend-store-uri" in text  # the embedded store has no web UI
+    assert re.search(r"loss\s+1\s+4\s+1\s+4", text)  # last, steps, min, max
+    assert re.search(r"alpha\s+0.2", text) and re.search(r"team\s+vision", text)
+    assert "notes.txt" in text and "cell.py" in text
+    assert re.search(r"clf\s+3", text)
+    assert "mlflow.source" not in text  # MLflow's own tags stay in the widget's full list
+    # The widget form: the inspector is open on that run, read once, with nothing pending.
+    panel = live_panel(ext)
+    assert panel.inspector.run_id == second.run_id and panel.inspector.pending is None
+    assert "second" in panel.inspector.title.value and panel.inspector.tabs.layout.display is None
+
+    shell.run_line_magic("aml_panel", "first")  # by name
+    assert capsys.readouterr().out.startswith(f"Run first: FINISHED, {first.run_id}")
+    shell.run_line_magic("aml_panel", first.run_id)  # by id
+    assert re.search(r"acc\s+0.5\s+1", capsys.readouterr().out)
+    assert panel.inspector.run_id == first.run_id
+
+
+@pytest.mark.parametrize(
+    "run, message",
+    [
+        ("nope", r"^No run named 'nope' \(runs of this session: only\); give `last`, a run name, or a run id\.$"),
+        ("0123456789abcdef0123456789abcdef", r"^Cannot read run 0123456789abcdef0123456789abcdef from .*mlflow\.db"),
+        ("a b", r"unrecognized arguments: b"),
+    ],
+)
+def test_aml_panel_unknown_run_is_one_line(ext, shell, run, message):
+    from IPython.core.error import UsageError
+
+    shell.run_cell_magic("track", "only", "x = 1")
+    with pytest.raises(UsageError, match=message) as info:
+        shell.run_line_magic("aml_panel", run)
+    assert "\n" not in str(info.value)
+
+
+def test_aml_panel_last_without_runs_says_what_to_do(ext, shell):
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match=r"^No run in this session yet: run a %%track cell first"):
+        shell.run_line_magic("aml_panel", "last")
+
+
 def test_reload_ext_leaves_one_listener_and_closes_the_old_panel(ext, shell):
     old_panel = shown_panel(shell)
     listeners = ext.listener_count
