@@ -296,7 +296,7 @@ def malformed_lines(draw):
         defects.append(st.sampled_from(_NEEDS_VALUE[magic]))  # last, so its value is missing
     defects += _BAD_TYPED_VALUE.get(magic, [])
     if magic in ("aml_unlink", "aml_panel"):
-        defects.append(_WORD)  # these take no arguments at all
+        defects.append(_WORD)  # %aml_unlink takes no arguments; no run of the session has such a name
     parts.append(draw(st.one_of(*defects)))
     return magic, " ".join(p for p in parts if p)
 
