@@ -126,9 +126,9 @@ def panel_text(session: Session, statuses: list[dict] | None = None, limit: int 
         lines.append("No runs yet in this session: run a cell with %%track <name>.")
         return "\n".join(lines)
     lines.append(f"Runs ({len(session.runs)}, newest first):")
-    table = [("name", "status", "start", "duration", "metrics", "versions")]
-    for run in runs:
-        table.append(
+    lines += _text_table(
+        ("name", "status", "start", "duration", "metrics", "versions"),
+        [
             (
                 run.name,
                 run.status,
@@ -137,10 +137,9 @@ def panel_text(session: Session, statuses: list[dict] | None = None, limit: int 
                 format_metrics(run, session.settings),
                 ", ".join(run.model_versions),
             )
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            for run in runs
+        ],
+    )
     older = len(session.runs) - len(runs)
     if older > 0:
         lines.append(f"  ... and {older} older runs")
@@ -149,52 +148,73 @@ def panel_text(session: Session, statuses: list[dict] | None = None, limit: int 
 
 def run_text(details) -> str:
     """One run's details as plain text: what the inspector shows, for a terminal."""
-    duration = (
-        format_duration(details.end_time - details.start_time) if details.end_time and details.start_time else "running"
-    )
     lines = [
         f"Run {details.name}: {details.status}, {details.run_id}, started {format_clock(details.start_time)}, "
-        f"{duration}, in {details.store}",
+        f"{run_duration(details)}, in {details.store}",
         f"  {details.ui_url}" if details.ui_url else
         f"  no web UI for this store; see it with: mlflow ui --backend-store-uri {details.store}",
     ]
 
     def section(title: str, header: tuple, rows: list, empty: str) -> None:
-        if not rows:
-            lines.append(f"{title}: {empty}")
-            return
-        lines.append(f"{title}:")
-        table = [tuple(str(cell) for cell in header)] + [tuple(str(cell) for cell in row) for row in rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        lines.extend("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+        lines.extend([f"{title}:", *_text_table(header, rows)] if rows else [f"{title}: {empty}"])
 
-    section(
-        "Metrics", ("metric", "last", "steps", "min", "max"),
-        [
-            (name, f"{value:.6g}", len(points), f"{min(v for _, v in points):.6g}" if points else "",
-             f"{max(v for _, v in points):.6g}" if points else "")
-            for name, value in details.metrics.items()
-            for points in [details.histories.get(name, [])]
-        ],
-        "none logged",
-    )
+    section("Metrics", METRIC_HEADER, metric_rows(details), "none logged")
     section("Params", ("param", "value"), list(details.params.items()), "none logged")
     section(
         "Tags", ("tag", "value"),
-        [(k, v if len(v) <= 100 else v[:100] + "...") for k, v in details.tags.items() if not k.startswith("mlflow.")],
+        [(k, _shortened(v, 100)) for k, v in details.tags.items() if not k.startswith("mlflow.")],
         "none besides MLflow's own",
     )
     artifacts = ", ".join(details.artifacts) + (" (first files only)" if details.artifacts_truncated else "")
     lines.append(f"Artifacts: {artifacts or 'none'}")
-    section(
-        "Models registered from it in this session", ("model", "version", "alias"),
-        [(m.name, m.version, m.alias or "") for m in details.models], "none",
-    )
-    section(
-        "Scorings with those models", ("scored with", "input", "rows", "seconds", "output"),
-        [(sc.model_uri, sc.input, f"{sc.rows:,}", f"{sc.seconds:.1f}", sc.output) for sc in details.scorings], "none",
-    )
+    section("Models registered from it in this session", MODEL_HEADER, model_rows(details), "none")
+    section("Scorings with those models", SCORING_HEADER, scoring_rows(details), "none")
     return "\n".join(lines)
+
+
+# What the inspector shows, as rows: the widgets render them as HTML, run_text as text.
+METRIC_HEADER = ("metric", "last", "steps", "min", "max")
+MODEL_HEADER = ("model", "version", "mirror version", "alias", "registered")
+SCORING_HEADER = ("scored with", "input", "rows", "seconds", "output")
+
+
+def metric_rows(details) -> list[tuple]:
+    rows = []
+    for name, value in details.metrics.items():
+        values = [v for _, v in details.histories.get(name, [])]
+        rows.append(
+            (name, f"{value:.6g}", len(values), f"{min(values):.6g}" if values else "",
+             f"{max(values):.6g}" if values else "")
+        )
+    return rows
+
+
+def model_rows(details) -> list[tuple]:
+    return [
+        (m.name, m.version, m.mirror_version or "", m.alias or "", format_clock(m.registered_at))
+        for m in details.models
+    ]
+
+
+def scoring_rows(details) -> list[tuple]:
+    return [(s.model_uri, s.input, f"{s.rows:,}", f"{s.seconds:.1f}", s.output) for s in details.scorings]
+
+
+def run_duration(details) -> str:
+    if details.end_time and details.start_time:
+        return format_duration(details.end_time - details.start_time)
+    return "running"
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _text_table(header: tuple, rows: list[tuple]) -> list[str]:
+    """Rows as aligned, indented text lines under their header."""
+    table = [tuple(str(cell) for cell in row) for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
 
 
 def history_png(name: str, points: list[tuple[int, float]]) -> bytes:
@@ -500,31 +520,13 @@ class Inspector:
     def _render(self, details) -> None:
         import ipywidgets as widgets
 
-        duration = (
-            format_duration(details.end_time - details.start_time)
-            if details.end_time and details.start_time
-            else "running"
-        )
         self.title.value = (
             f"<b>{html.escape(details.name)}</b> &nbsp;{_status_html(details.status)} &nbsp;"
             f"<code>{html.escape(details.run_id)}</code> &nbsp;started {format_clock(details.start_time)}, "
-            f"{duration} &nbsp;in {html.escape(details.store)}"
+            f"{run_duration(details)} &nbsp;in {html.escape(details.store)}"
         )
         self.link.value = self._link_html(details)
-        self.metrics.value = _table_html(
-            ("metric", "last", "steps", "min", "max"),
-            [
-                (
-                    name,
-                    f"{value:.6g}",
-                    len(details.histories.get(name, [])),
-                    f"{min(v for _, v in details.histories[name]):.6g}" if details.histories.get(name) else "",
-                    f"{max(v for _, v in details.histories[name]):.6g}" if details.histories.get(name) else "",
-                )
-                for name, value in details.metrics.items()
-            ],
-            "No metrics logged.",
-        )
+        self.metrics.value = _table_html(METRIC_HEADER, metric_rows(details), "No metrics logged.")
         old_plots = self.plots.children
         self.plots.children = tuple(
             widgets.Image(value=history_png(name, points), format="png")
@@ -535,9 +537,7 @@ class Inspector:
             image.close()
         self.params.value = _table_html(("param", "value"), list(details.params.items()), "No params logged.")
         self.tags.value = _table_html(
-            ("tag", "value"),
-            [(k, v if len(v) <= 200 else v[:200] + "...") for k, v in details.tags.items()],
-            "No tags.",
+            ("tag", "value"), [(k, _shortened(v, 200)) for k, v in details.tags.items()], "No tags."
         )
         artifacts = "".join(f"<li><code>{html.escape(path)}</code></li>" for path in details.artifacts)
         self.artifacts.value = (
@@ -546,17 +546,8 @@ class Inspector:
             else "<i>No artifacts.</i>"
         )
         self.models.value = _table_html(
-            ("model", "version", "mirror version", "alias", "registered"),
-            [
-                (m.name, m.version, m.mirror_version or "", m.alias or "", format_clock(m.registered_at))
-                for m in details.models
-            ],
-            "No model registered from this run in this session.",
-        ) + "<br>" + _table_html(
-            ("scored with", "input", "rows", "seconds", "output"),
-            [(s.model_uri, s.input, s.rows, f"{s.seconds:.1f}", s.output) for s in details.scorings],
-            "No scoring with this run's models in this session.",
-        )
+            MODEL_HEADER, model_rows(details), "No model registered from this run in this session."
+        ) + "<br>" + _table_html(SCORING_HEADER, scoring_rows(details), "No scoring with this run's models in this session.")
         self.tabs.layout.display = None
 
     @staticmethod
