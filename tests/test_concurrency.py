@@ -45,11 +45,33 @@ _KERNEL = textwrap.dedent(
 )
 
 
-def _start_kernel(name: str, folder, env) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", _KERNEL, name, str(RUNS_PER_KERNEL)],
-        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def _run_kernels_together(script: str, count: int, folder) -> dict[str, str]:
+    """Start kernels alpha and beta on `script`, let them go at the same moment, and return
+    what each printed, after checking each ended well and reported no failed cell."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION")}
+    kernels = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", script, name, str(count)],
+            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for name in ("alpha", "beta")
+    }
+    try:
+        _wait_for_files([folder / f"ready-{name}" for name in kernels], 180, kernels.values())
+        (folder / "go").touch()
+        outputs = {name: kernel.communicate(timeout=900) for name, kernel in kernels.items()}
+    finally:
+        for kernel in kernels.values():
+            if kernel.poll() is None:
+                kernel.kill()
+                kernel.wait()
+    seen = {}
+    for name, (stdout, stderr) in outputs.items():
+        seen[name] = stdout + stderr
+        assert kernels[name].returncode == 0, seen[name][-3000:]
+        assert f"DONE {name} failures 0" in stdout, seen[name][-3000:]
+        assert "locked" not in seen[name] and "Traceback" not in seen[name], seen[name][-3000:]
+    return seen
 
 
 def _wait_for_files(paths, timeout: float, kernels) -> None:
@@ -63,31 +85,16 @@ def _wait_for_files(paths, timeout: float, kernels) -> None:
 
 
 def test_two_kernels_track_into_one_embedded_store_without_losing_runs(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION")}
-    kernels = {name: _start_kernel(name, tmp_path, env) for name in ("alpha", "beta")}
-    try:
-        _wait_for_files([tmp_path / f"ready-{name}" for name in kernels], 180, kernels.values())
-        (tmp_path / "go").touch()
-        outputs = {name: kernel.communicate(timeout=900) for name, kernel in kernels.items()}
-    finally:
-        for kernel in kernels.values():
-            if kernel.poll() is None:
-                kernel.kill()
-                kernel.wait()
-
-    for name, (stdout, stderr) in outputs.items():
-        seen = stdout + stderr
-        assert kernels[name].returncode == 0, seen[-3000:]
-        assert f"DONE {name} failures 0" in stdout, seen[-3000:]
-        assert "locked" not in seen, seen[-3000:]
-        assert "Traceback" not in seen and "Error" not in seen, seen[-3000:]
+    printed = _run_kernels_together(_KERNEL, RUNS_PER_KERNEL, tmp_path)
+    for seen in printed.values():
+        assert "Error" not in seen, seen[-3000:]
         assert "dbxml:" not in seen, seen[-3000:]  # no "kept in the journal" or skipped-variable notes
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     runs = client.search_runs(experiment_ids, run_view_type=ViewType.ALL, max_results=1000)
     by_name = {run.info.run_name: run for run in runs}
-    expected = {f"{kernel}-{index}" for kernel in kernels for index in range(RUNS_PER_KERNEL)}
+    expected = {f"{kernel}-{index}" for kernel in printed for index in range(RUNS_PER_KERNEL)}
     assert len(runs) == len(expected) == 2 * RUNS_PER_KERNEL
     assert set(by_name) == expected
     for name, run in by_name.items():
@@ -130,36 +137,14 @@ _REGISTERING_KERNEL = textwrap.dedent(
 
 def test_two_kernels_register_versions_of_one_new_model_at_once(tmp_path):
     """Both kernels find no `shared-clf` and create it at the same moment; every version lands, once."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION")}
-    kernels = {
-        name: subprocess.Popen(
-            [sys.executable, "-c", _REGISTERING_KERNEL, name, str(VERSIONS_PER_KERNEL)],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for name in ("alpha", "beta")
-    }
-    try:
-        _wait_for_files([tmp_path / f"ready-{name}" for name in kernels], 180, kernels.values())
-        (tmp_path / "go").touch()
-        outputs = {name: kernel.communicate(timeout=900) for name, kernel in kernels.items()}
-    finally:
-        for kernel in kernels.values():
-            if kernel.poll() is None:
-                kernel.kill()
-                kernel.wait()
-
-    for name, (stdout, stderr) in outputs.items():
-        seen = stdout + stderr
-        assert kernels[name].returncode == 0, seen[-3000:]
-        assert f"DONE {name} failures 0" in stdout, seen[-3000:]
-        assert "locked" not in seen and "Traceback" not in seen, seen[-3000:]
+    printed = _run_kernels_together(_REGISTERING_KERNEL, VERSIONS_PER_KERNEL, tmp_path)
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     versions = client.search_model_versions("name = 'shared-clf'")
     numbers = sorted(int(v.version) for v in versions)
     assert numbers == list(range(1, 2 * VERSIONS_PER_KERNEL + 1))
     registered = sorted((v.tags["kernel"], int(v.tags["index"])) for v in versions)
-    assert registered == sorted((k, i) for k in kernels for i in range(VERSIONS_PER_KERNEL))
+    assert registered == sorted((k, i) for k in printed for i in range(VERSIONS_PER_KERNEL))
     # Each version points at its own logged model, and each loads.
     assert len({v.source for v in versions}) == len(versions)
     for version in versions[:2]:
