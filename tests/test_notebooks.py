@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,3 +89,25 @@ def test_quickstart_runs_readable_from_another_process(tmp_path):
     assert "cell.py" in baseline["artifacts"] and "cell.py" in tuned["artifacts"]
     assert "traceback.txt" in broken["artifacts"]
     assert "INFO mlflow" not in outputs_text(notebook)
+
+
+def test_make_demo_runs_the_whole_path_on_the_embedded_default(tmp_path):
+    """`make demo` (examples/run_demo.py) from a copy of examples/: quickstart then scoring in
+    real kernels, on a fresh SQLite store and local Spark, and a summary of what landed."""
+    shutil.copytree(EXAMPLES, tmp_path / "examples", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "examples" / "run_demo.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    out = done.stdout
+    demo = tmp_path / "demo-run"
+    assert f"Runs in the embedded store sqlite:///{demo / 'mlflow.db'}" in out
+    for name, status in (("baseline", "FINISHED"), ("tuned", "FINISHED"), ("broken", "FAILED"),
+                         ("iris-for-scoring", "FINISHED"), ("score iris-clf-v1", "FINISHED")):
+        assert re.search(rf"^  {re.escape(name)}\s+{status}\s+[0-9a-f]{{32}}", out, re.MULTILINE), (name, out)
+    assert "rows=113" in out  # the --log-run scoring run: 113 rows with petal_length > 1.5
+    assert "iris-clf: versions 1; @champion -> v1" in out
+    assert (demo / "scored_iris.parquet").is_dir()
+    assert (demo / "quickstart.executed.ipynb").exists() and (demo / "scoring.executed.ipynb").exists()
