@@ -72,12 +72,6 @@ def _input_table(spark, rows: int, folder: str, name: str) -> None:
     spark.read.parquet(folder).createOrReplaceTempView(name)
 
 
-def display(value) -> None:
-    from IPython.display import display as ipython_display
-
-    ipython_display(value)
-
-
 def _quietly(function, *args):
     """Both sides print into the same sink, so rendering costs the same and the terminal stays clean."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -86,6 +80,7 @@ def _quietly(function, *args):
 
 def _by_hand(spark, model_uri: str, table: str, shape: str, out: str) -> int:
     import mlflow
+    from IPython.display import display
     from pyspark.sql.types import LongType
 
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=LongType(), env_manager="local")
