@@ -32,6 +32,13 @@ class Settings(Configurable):
             "/Users/<user> with '-' (proj-exp). AML cannot find names containing '/'."
         ),
     ).tag(config=True)
+    databricks_experiment_folder = Unicode(
+        "/Shared",
+        help=(
+            "Folder a plain experiment name goes under on a Databricks store, which only takes absolute "
+            "paths: 'churn' -> /Shared/churn. Names starting with '/' are kept."
+        ),
+    ).tag(config=True)
     flush_interval = Float(1.0, help="Seconds between background journal flushes.").tag(config=True)
     flush_timeout = Float(
         10.0, help="Seconds a cell end waits for its run to reach the stores before leaving the rest queued."

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import DbxmlError
-from .link import Target
+from .targets import Target
 from .masking import redact
 
 __all__ = ["RunDetails", "read_run_details", "run_ui_url"]

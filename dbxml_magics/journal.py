@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import JournalError
-from .link import Link, Target, aml_experiment_name
+from .experiments import resolve_experiment
+from .stores import prepare_sqlite_store, raw_store_builder
+from .targets import Link, Target
 from .masking import first_line, mask_uri
 
-__all__ = ["Journal", "JournaledStore", "TargetStatus", "SOURCE_RUN_TAG", "register_kind", "prepare_sqlite_store"]
+__all__ = ["Journal", "JournaledStore", "TargetStatus", "SOURCE_RUN_TAG", "register_kind"]
 
 SOURCE_RUN_TAG = "dbxml.source_run_id"
 _OWNER = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -225,14 +227,9 @@ class Journal:
         """The real (unwrapped) store of a target, built once per target."""
         store = self._inner_stores.get(key)
         if store is None:
-            from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
-
             target = self._targets[key]
-            builder = registry.get_store_builder(target.uri)
-            while isinstance(builder, _JournaledBuilder):
-                builder = builder.inner
             prepare_sqlite_store(target.uri)
-            store = builder(store_uri=target.uri, artifact_uri=target.artifact_root)
+            store = raw_store_builder(target.uri)(store_uri=target.uri, artifact_uri=target.artifact_root)
             self._inner_stores[key] = store
         return store
 
@@ -617,9 +614,7 @@ class Journal:
         from mlflow.entities import RunTag, ViewType
 
         target = self._targets[key]
-        name = payload["experiment"] or "Default"
-        if target.kind == "aml":
-            name = aml_experiment_name(name, self.settings.aml_experiment_rule)
+        name = resolve_experiment(target, payload["experiment"] or "Default", self.settings)
         experiment = store.get_experiment_by_name(name)
         if experiment is None:
             experiment_id = store.create_experiment(name)
@@ -699,31 +694,6 @@ def register_kind(kind: str, handler: Callable[[Target, str, dict], None]) -> No
     is called by the flusher, after every earlier row of the same run reached `target`.
     It raises to be retried later (MlflowException with a 4xx code: failed for good)."""
     _handlers[kind] = handler
-
-
-# Embedded stores are shared by every kernel started in the same folder. MLflow creates a
-# SQLite store's tables after an unguarded "do they exist?" check, so two kernels opening a
-# new store at once half-migrate it ("table ... already exists").
-_prepared_sqlite: set[str] = set()
-_prepare_lock = threading.Lock()
-
-
-def prepare_sqlite_store(store_uri: str | None) -> None:
-    """Create a SQLite store's tables under MLflow's inter-process file lock (once per URI),
-    so that MLflow's own check-then-create finds them and several kernels can share it."""
-    if not store_uri or not store_uri.startswith("sqlite:///") or store_uri in _prepared_sqlite:
-        return
-    with _prepare_lock:
-        if store_uri in _prepared_sqlite:
-            return
-        from mlflow.store.db import utils as db_utils
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        get_engine = getattr(SqlAlchemyStore, "_get_or_create_engine", None)
-        safe_init = getattr(db_utils, "_safe_initialize_tables", None)
-        if get_engine is not None and safe_init is not None:
-            safe_init(get_engine(store_uri))  # the engine is MLflow's cached one for this URI
-        _prepared_sqlite.add(store_uri)
 
 
 class _Transient(Exception):

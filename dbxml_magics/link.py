@@ -1,83 +1,11 @@
 """Where runs go: a Link is a primary tracking target plus an optional mirror."""
 
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
-
 from .errors import LinkError
 from .masking import mask_uri
+from .stores import prepare_sqlite_store, quick_requests, raw_store_builder
+from .targets import Link, Target
 
-__all__ = ["Target", "Link", "MODES", "aml_experiment_name", "link_from_args", "target_from_uri", "probe_target", "quick_requests"]
-
-MODES = ("aml-only", "both")
-
-
-@dataclass(frozen=True)
-class Target:
-    """One tracking store.
-
-    `uri` is what MLflow is given (it may carry credentials, so it is never displayed);
-    `display` is the masked form shown to users. `credential` is an Azure credential for
-    `azureml://` targets and stays out of every repr.
-    """
-
-    uri: str
-    kind: str  # "embedded", "uri", "databricks", "aml"
-    registry_uri: str | None = None
-    artifact_root: str | None = None
-    workspace: str | None = None
-    studio_url: str | None = None
-    credential: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def display(self) -> str:
-        return mask_uri(self.uri)
-
-    def __repr__(self) -> str:
-        extra = f", workspace={self.workspace!r}" if self.workspace else ""
-        return f"Target(kind={self.kind!r}, uri={self.display!r}{extra})"
-
-
-@dataclass(frozen=True)
-class Link:
-    """The session's answer to "where do runs go": mode, primary, mirror, experiment."""
-
-    mode: str  # "default", "local", "uri", "aml-only", "both"
-    primary: Target
-    mirror: Target | None = None
-    experiment: str | None = None
-
-    @property
-    def targets(self) -> tuple[Target, ...]:
-        return (self.primary, self.mirror) if self.mirror else (self.primary,)
-
-    def __repr__(self) -> str:
-        mirror = self.mirror.display if self.mirror else None
-        return (
-            f"Link(mode={self.mode!r}, primary={self.primary.display!r}, "
-            f"mirror={mirror!r}, experiment={self.experiment!r})"
-        )
-
-    def _repr_pretty_(self, printer, cycle):
-        printer.text(repr(self))
-
-
-def aml_experiment_name(name: str, rule: str = "basename") -> str:
-    """Map a Databricks-style experiment path to a name AML can find again.
-
-    AML creates experiments whose names contain "/" but cannot look them up by name, so
-    `/Users/<user>/<folder>/<name>` becomes `<name>` ("basename") or `<folder>-<name>`
-    ("flatten"). Plain names pass unchanged.
-    """
-    if "/" not in name:
-        return name
-    segments = [s for s in name.split("/") if s]
-    if len(segments) >= 2 and segments[0] in ("Users", "Shared", "Repos"):
-        segments = segments[2:] if segments[0] != "Shared" else segments[1:]
-    if not segments:
-        return "Default"
-    return segments[-1] if rule == "basename" else "-".join(segments)
-
+__all__ = ["link_from_args", "target_from_uri", "probe_target"]
 
 _URI_SCHEMES = ("http", "https", "databricks", "sqlite", "file", "azureml", "postgresql", "mysql", "mssql")
 
@@ -187,41 +115,16 @@ def probe_target(target: Target, timeout: float = 15.0) -> None:
 
         return probe_aml_target(target, timeout)
 
-    from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
-
-    builder = registry.get_store_builder(target.uri)
-    while hasattr(builder, "inner"):
-        builder = builder.inner
     try:
-        from .journal import prepare_sqlite_store
-
         with quick_requests(timeout):
             prepare_sqlite_store(target.uri)
-            store = builder(store_uri=target.uri, artifact_uri=target.artifact_root)
+            store = raw_store_builder(target.uri)(store_uri=target.uri, artifact_uri=target.artifact_root)
             store.search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one actionable line
         raise LinkError(
             f"Cannot reach {target.display}: {_first_line(exc)}. Check that the server runs and the URI is right; "
             "the previous link is unchanged."
         ) from None
-
-
-@contextmanager
-def quick_requests(timeout: float):
-    """No MLflow retry ladder while probing a store: an unreachable one fails in seconds, not minutes."""
-    import os
-
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout)))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _first_line(exc: BaseException) -> str:

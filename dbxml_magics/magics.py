@@ -105,7 +105,8 @@ class DbxmlMagics(Settings, Magics):
     def track(self, line, cell):
         """Run the cell as an MLflow run: params, metrics, source, status (FINISHED/FAILED/KILLED)."""
         __tracebackhide__ = True  # noqa: F841
-        from .tracking import TrackRequest, parse_tags, run_tracked_cell
+        from .tracking import TrackRequest, run_tracked_cell
+        from .userns import parse_tags
 
         args = _parse(self.track, line)
         request = TrackRequest(

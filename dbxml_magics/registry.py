@@ -23,11 +23,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RegisterError, TrackError
+from .errors import RegisterError
+from .experiments import use_experiment
 from .journal import register_kind
-from .link import quick_requests
 from .masking import first_line
 from .session import ModelRecord, RunRecord, Session
+from .stores import quick_requests
+from .userns import parse_tags, require_variable
 
 __all__ = [
     "RegisterRequest",
@@ -81,12 +83,7 @@ class _Source:
 
 def register_from_args(session: Session, namespace: dict, args) -> None:
     """The %aml_register magic: parse, register, print what was registered where."""
-    from .tracking import parse_tags
-
-    try:
-        tags = parse_tags(args.tags or [])
-    except TrackError as exc:
-        raise RegisterError(str(exc)) from None
+    tags = parse_tags(args.tags or [], RegisterError)
     # The magics already removed the quotes IPython keeps (parse_tags those inside a pair).
     request = RegisterRequest(
         name=args.name,
@@ -185,20 +182,6 @@ def _check_alias(alias: str) -> None:
         raise RegisterError(f"The alias {alias!r} is reserved by MLflow ('latest', 'v<number>'). Example: --alias champion")
 
 
-def _lookup(namespace: dict, dotted: str, option: str):
-    head, *rest = dotted.split(".")
-    if not all(part.isidentifier() for part in [head, *rest]):
-        raise RegisterError(f"{option} expects a variable name; {dotted!r} is not one. Example: {option} clf")
-    if head not in namespace:
-        raise RegisterError(f"{option}: there is no variable {head!r} in the notebook. Run the cell that defines it first.")
-    value = namespace[head]
-    for attr in rest:
-        if not hasattr(value, attr):
-            raise RegisterError(f"{option}: {'.'.join([head, *rest[: rest.index(attr)]])} has no attribute {attr!r}.")
-        value = getattr(value, attr)
-    return value
-
-
 def _class_names(obj) -> set[str]:
     """Qualified names of the object's classes, so flavors are told apart without importing them."""
     return {f"{cls.__module__}.{cls.__name__}" for cls in type(obj).__mro__}
@@ -267,11 +250,11 @@ class _SavedModel:
 
 def _save_in_memory_model(namespace: dict, request: RegisterRequest, path: Path, notes: list[str]) -> _SavedModel:
     """Save the model locally first: a model that cannot be saved fails before any store is touched."""
-    obj = _lookup(namespace, request.model, "--model")
+    obj = require_variable(namespace, request.model, "--model", RegisterError)
     flavor = _check_model(request.model, obj, request.flavor)
     example = None
     if request.input_example is not None:
-        example = _example_rows(_lookup(namespace, request.input_example, "--input-example"), flavor)
+        example = _example_rows(require_variable(namespace, request.input_example, "--input-example", RegisterError), flavor)
     from mlflow.models import Model
 
     mlflow_model = Model(artifact_path=request.artifact_path or DEFAULT_ARTIFACT_PATH)
@@ -490,16 +473,9 @@ def _free_artifact_path(requested: str | None, taken: set[str], run_id: str) -> 
 
 def _new_run(session: Session, client, name: str) -> RunRecord:
     """A run holding the model when nothing was tracked on this store in the session."""
-    import mlflow
-
-    experiment_name = session.experiment
+    session.activate()
+    experiment_id, experiment_name = use_experiment(session, error=RegisterError)
     try:
-        if experiment_name:
-            experiment = client.get_experiment_by_name(experiment_name)
-            experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
-        else:
-            experiment_id = mlflow.tracking.fluent._get_experiment_id()
-            experiment_name = client.get_experiment(experiment_id).name
         run = client.create_run(experiment_id, run_name=f"register-{name}", tags={"dbxml.created_by": "%aml_register"})
     except Exception as exc:  # noqa: BLE001
         raise _store_error(f"Cannot create a run for the model on {session.link.primary.display}", exc) from None

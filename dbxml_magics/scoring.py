@@ -19,10 +19,12 @@ from typing import Any
 
 from .errors import ScoreError
 from .masking import first_line, redact
+from .experiments import use_experiment
 from .model_ref import ModelRef, resolve_model
 from .session import ScoreRecord, Session
 from .spark_progress import JobProgress
 from .spark_session import SparkChoice, api_mode, is_spark_dataframe, resolve_spark
+from .userns import notebook_path
 
 __all__ = ["ScoreRequest", "ColumnPlan", "score_from_args", "plan_columns", "FORMATS"]
 
@@ -439,11 +441,8 @@ def _log_run(session: Session, model: ModelRef, record: ScoreRecord, choice: Spa
     """A run of its own for the scoring: which model version scored which input, how many rows."""
     import mlflow
 
-    from .tracking import notebook_path
-
     session.activate()
-    if session.experiment:
-        mlflow.set_experiment(session.experiment)
+    use_experiment(session, error=ScoreError)
     run_name = f"score {model.name}-v{model.version}" if model.name else "score"
     tags = {
         "dbxml.kind": "scoring",

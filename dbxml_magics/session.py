@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DbxmlError
-from .link import Link, Target
+from .targets import Link, Target
 
 __all__ = ["Session", "RunRecord", "ModelRecord", "ScoreRecord", "get_session"]
 

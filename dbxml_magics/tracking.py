@@ -18,9 +18,11 @@ from pathlib import Path
 
 from .errors import TrackError
 from .masking import first_line, redact
+from .experiments import use_experiment
 from .session import RunRecord, Session
+from .userns import lookup, notebook_path
 
-__all__ = ["TrackRequest", "run_tracked_cell", "parse_tags", "notebook_path"]
+__all__ = ["TrackRequest", "run_tracked_cell"]
 
 
 @dataclass
@@ -38,49 +40,10 @@ class TrackRequest:
     log_source: bool = True
 
 
-_MAX_TAG_KEY_LENGTH = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
-
-
-def parse_tags(items: list[str]) -> dict[str, str]:
-    tags = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise TrackError(f"--tags expects key=value pairs; got {item!r}. Example: --tags team=ml stage=dev")
-        if len(key.strip()) > _MAX_TAG_KEY_LENGTH:
-            # SQLite stores would take it, every other MLflow backend refuses it later.
-            raise TrackError(
-                f"The tag key {key.strip()[:40]!r}... has {len(key.strip())} characters; MLflow allows "
-                f"{_MAX_TAG_KEY_LENGTH}. Use a shorter key."
-            )
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]  # `stage='dev'`: IPython keeps quotes inside a word
-        tags[key.strip()] = value
-    return tags
-
-
 def _check_names(option: str, names: list[str]) -> None:
     for name in names:
         if not all(part.isidentifier() for part in name.split(".")):
             raise TrackError(f"{option} expects variable names; {name!r} is not one. Example: {option} alpha l1_ratio")
-
-
-def notebook_path(namespace: dict) -> str:
-    """Best known name of the notebook: VS Code, Jupyter server, Databricks context, else the kernel."""
-    vscode = namespace.get("__vsc_ipynb_file__")
-    if vscode:
-        return str(vscode)
-    dbutils = namespace.get("dbutils")
-    if dbutils is not None:
-        try:
-            context = dbutils.notebook.entry_point.getDbutils().notebook().getContext()
-            return str(context.notebookPath().get())
-        except Exception:  # noqa: BLE001 - any dbutils shape that is not Databricks' own
-            pass
-    for variable in ("JPY_SESSION_NAME", "DATABRICKS_NOTEBOOK_PATH"):
-        if os.environ.get(variable):
-            return os.environ[variable]
-    return "ipython"
 
 
 def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
@@ -102,7 +65,7 @@ def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
         raise TrackError(
             f"Run {active.info.run_id} is still active. End it with mlflow.end_run(), or use %%track --nested."
         )
-    experiment_id, experiment_name = _resolve_experiment(session, request.experiment)
+    experiment_id, experiment_name = use_experiment(session, request.experiment, TrackError)
     tags = {
         "mlflow.source.name": notebook_path(session.namespace),
         "mlflow.source.type": "NOTEBOOK",
@@ -163,32 +126,6 @@ def _is_glob(path: str) -> bool:
 
 
 
-def _resolve_experiment(session: Session, requested: str | None) -> tuple[str, str]:
-    import mlflow
-
-    name = requested or session.experiment
-    if name and session.link.primary.kind == "aml":
-        # AML cannot find names containing "/" again: /Users/<user>/<folder>/<name> -> <name>.
-        from .link import aml_experiment_name
-
-        name = aml_experiment_name(name, session.settings.aml_experiment_rule)
-    if name:
-        try:
-            experiment = mlflow.set_experiment(name)
-        except Exception as exc:  # noqa: BLE001
-            raise TrackError(f"Cannot use experiment {name!r}: {first_line(exc)}") from None
-        return experiment.experiment_id, experiment.name
-    experiment_id = mlflow.tracking.fluent._get_experiment_id()
-    try:
-        experiment = mlflow.get_experiment(experiment_id)
-    except Exception as exc:  # noqa: BLE001
-        raise TrackError(
-            f"Cannot reach the tracking store {session.link.primary.display}: {first_line(exc)}. "
-            "The cell was not run."
-        ) from None
-    return experiment_id, experiment.name if experiment else "Default"
-
-
 class _CompiledCell:
     def __init__(self, body, last_expr, filename):
         self.body = body
@@ -233,13 +170,13 @@ def _log_outcome(session, shell, request, cell, run_id, record, started) -> None
     namespace = shell.user_ns
     params, metrics_now, histories, notes = {}, {}, {}, []
     for name in request.params:
-        found, value = _lookup(namespace, name)
+        found, value = lookup(namespace, name)
         if not found:
             notes.append(f"--params: no variable {name!r} after the cell; not logged")
             continue
         params[name] = redact(str(value))[:6000]
     for name in request.metrics:
-        found, value = _lookup(namespace, name)
+        found, value = lookup(namespace, name)
         if not found:
             notes.append(f"--metrics: no variable {name!r} after the cell; not logged")
             continue
@@ -301,18 +238,6 @@ def _settle(session: Session, run_id: str) -> None:
             "(see %aml_sync).",
             file=sys.stderr,
         )
-
-
-def _lookup(namespace: dict, dotted: str):
-    head, *rest = dotted.split(".")
-    if head not in namespace:
-        return False, None
-    value = namespace[head]
-    for attr in rest:
-        if not hasattr(value, attr):
-            return False, None
-        value = getattr(value, attr)
-    return True, value
 
 
 def _as_series(value):

@@ -27,8 +27,9 @@ from typing import Any, Callable
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import LinkError
-from .link import Target, quick_requests
 from .masking import first_line, remember_secret
+from .stores import quick_requests
+from .targets import Target
 
 __all__ = [
     "AUTH_CHOICES",

@@ -14,8 +14,8 @@ import mlflow
 import pytest
 from IPython.core.error import UsageError
 
-from dbxml_magics.link import aml_experiment_name
-from dbxml_magics.tracking import notebook_path
+from dbxml_magics.experiments import aml_experiment_name
+from dbxml_magics.userns import notebook_path
 
 NOTEBOOK_PATH = "/Users/me@example.com/project/nb"
 EXPERIMENT = "/Users/me@example.com/project/churn"

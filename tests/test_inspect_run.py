@@ -4,7 +4,7 @@ import pytest
 
 from dbxml_magics.errors import DbxmlError
 from dbxml_magics.inspect_run import run_ui_url
-from dbxml_magics.link import Target
+from dbxml_magics.targets import Target
 from dbxml_magics.session import ModelRecord, ScoreRecord
 
 
