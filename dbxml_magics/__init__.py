@@ -23,6 +23,15 @@ def _flush_at_exit() -> None:
             pass
 
 
+def _register_journal_kinds() -> None:
+    """Rows other modules queue in the journal (a mirror's model version) need their shipper
+    before the journal replays a dead kernel's rows, so they are registered at load."""
+    from .journal import register_kind
+    from .registry.mirror import MIRROR_KIND, register_on_mirror
+
+    register_kind(MIRROR_KIND, register_on_mirror)
+
+
 def load_ipython_extension(ipython) -> None:
     from .magics import DbxmlMagics
     from .session import Session
@@ -37,6 +46,7 @@ def load_ipython_extension(ipython) -> None:
         ipython.configurables.append(magics)
     # Settings given with %config before loading apply now.
     magics.update_config(ipython.config)
+    _register_journal_kinds()
     _loaded[id(ipython)] = magics
     atexit.unregister(_flush_at_exit)  # one hook, however many shells load the extension
     atexit.register(_flush_at_exit)

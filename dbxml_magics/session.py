@@ -211,7 +211,6 @@ class Session:
     @property
     def journal(self):
         if self._journal is None:
-            from . import registry  # noqa: F401 - its journal kinds must exist before rows of a dead kernel replay
             from .journal import Journal
 
             self._journal = Journal(self.state_dir / "journal.sqlite", self.settings, on_change=self._journal_changed)

@@ -97,9 +97,8 @@ def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
     started = time.time()
     status = "FINISHED"
     error = None
+    autolog_before = _enable_autolog() if request.autolog else None
     try:
-        if request.autolog:
-            mlflow.autolog(silent=True)
         try:
             return _execute(shell, code)
         except KeyboardInterrupt:
@@ -110,20 +109,50 @@ def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
             session.journal.log_text(run_id, redact(traceback.format_exc()), "traceback.txt")
             raise
     finally:
+        outcome_error = None
         try:
             _log_outcome(session, shell, request, cell, run_id, record, started)
+        except Exception as exc:  # noqa: BLE001 - a run whose outcome is not logged did not finish
+            outcome_error = f"Logging the outcome of run {run_id} failed: {first_line(exc)}"
         finally:
-            if request.autolog:
-                mlflow.autolog(disable=True, silent=True)
+            if autolog_before is not None:
+                _restore_autolog(autolog_before)
+            if outcome_error and status == "FINISHED":
+                status, error = "FAILED", outcome_error
             mlflow.end_run(status)
             _settle(session, run_id)
             session.update_run(record, status=status, end_time=time.time(), error=error)
+        if outcome_error:
+            if error != outcome_error:
+                # The cell's own exception is on its way to the user; this one only adds to it.
+                print(f"dbxml: {outcome_error}.", file=sys.stderr)
+            else:
+                raise TrackError(f"{outcome_error}. The run ended FAILED; the cell's variables are kept.")
+
+
+def _enable_autolog() -> dict:
+    """Turn on mlflow.autolog() for the cell; returns the configuration found, to put back after."""
+    import copy
+
+    import mlflow
+    from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS
+
+    before = copy.deepcopy(AUTOLOGGING_INTEGRATIONS)
+    mlflow.autolog(silent=True)
+    return before
+
+
+def _restore_autolog(before: dict) -> None:
+    """Put autologging back as the cell found it (on Databricks it is on by default): integrations
+    enabled only for the cell go back to their absent, disabled state."""
+    from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS
+
+    AUTOLOGGING_INTEGRATIONS.clear()
+    AUTOLOGGING_INTEGRATIONS.update(before)
 
 
 def _is_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
-
-
 
 
 class _CompiledCell:

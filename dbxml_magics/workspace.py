@@ -617,12 +617,13 @@ def azure_credentials_available() -> bool:
     import shutil
 
     env = os.environ
+    cli_profile = Path(env.get("AZURE_CONFIG_DIR") or Path.home() / ".azure")
     return bool(
         (env.get("AZURE_CLIENT_ID") and (env.get("AZURE_CLIENT_SECRET") or env.get("AZURE_CLIENT_CERTIFICATE_PATH")))
         or env.get("AZURE_FEDERATED_TOKEN_FILE")
         or env.get("IDENTITY_ENDPOINT")
         or env.get("MSI_ENDPOINT")
-        or (shutil.which("az") and (Path.home() / ".azure").is_dir())
+        or (shutil.which("az") and cli_profile.is_dir())
     )
 
 

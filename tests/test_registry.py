@@ -258,7 +258,7 @@ def test_name_created_by_another_kernel_after_the_probe_is_used_not_refused(trai
     from dbxml_magics import registry
 
     shell.run_line_magic("aml_register", "iris --model clf")
-    monkeypatch.setattr(registry, "_probe_registry", lambda client, name, display: False)
+    monkeypatch.setattr(registry, "probe_registry", lambda client, name, display: False)
     shell.run_line_magic("aml_register", "iris --model clf --alias champion")
     client = _embedded_client(tmp_path)
     assert _versions(client, "iris") == [1, 2]

@@ -166,3 +166,27 @@ def test_environment_tracking_uri_is_respected(shell, mlflow_server, monkeypatch
     session = get_session(shell)
     shell.run_cell_magic("track", "via-env", "pass")
     assert mlflow_server.client().get_run(session.last_run.run_id).info.status == "FINISHED"
+
+
+def test_outcome_that_cannot_be_logged_ends_failed_with_one_line(ext, shell, tmp_path):
+    # The cell logs alpha=2 itself; --params alpha then logs alpha=1: MLflow refuses the change.
+    with pytest.raises(UsageError, match="Changing param values is not allowed.*ended FAILED") as info:
+        shell.run_cell_magic("track", "changed --params alpha", "import mlflow\nalpha = 1\nmlflow.log_param('alpha', 2)")
+    assert "\n" not in str(info.value)
+    assert shell.user_ns["alpha"] == 1
+    assert mlflow.active_run() is None
+    _, runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.parametrize("enabled_before", [False, True], ids=["off-before", "on-before"])
+def test_autolog_puts_back_the_state_it_found(ext, shell, enabled_before):
+    from mlflow.utils.autologging_utils import autologging_is_disabled
+
+    if enabled_before:  # as on Databricks, where autologging is on by default
+        mlflow.sklearn.autolog(silent=True)
+    try:
+        shell.run_cell_magic("track", "auto --autolog", "x = 1")
+        assert autologging_is_disabled("sklearn") is not enabled_before
+    finally:
+        mlflow.autolog(disable=True, silent=True)

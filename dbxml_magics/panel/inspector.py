@@ -1,0 +1,175 @@
+"""The run inspector: params, tags, metrics with history plots, artifacts, models, links."""
+
+import html
+import io
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ..errors import DbxmlError
+from ..session import Session
+from .runs_table import status_html, table_html
+from .text import (
+    METRIC_HEADER,
+    MODEL_HEADER,
+    SCORING_HEADER,
+    format_clock,
+    metric_rows,
+    model_rows,
+    run_duration,
+    scoring_rows,
+    shortened,
+)
+from .widgets import close_tree
+
+
+def history_png(name: str, points: list[tuple[int, float]]) -> bytes:
+    """A small line plot of one metric history, as PNG bytes.
+
+    Figure + Agg canvas, not pyplot: pyplot would change the user's backend and figures.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.6, 2.3), dpi=90)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    steps = [step for step, _ in points]
+    values = [value for _, value in points]
+    axes.plot(steps, values, marker="." if len(points) <= 50 else None, linewidth=1.2)
+    axes.set_title(name, fontsize=10)
+    axes.set_xlabel("step", fontsize=8)
+    axes.tick_params(labelsize=7)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------- inspector
+class Inspector:
+    """Details of the clicked run, read through the Session in a worker thread.
+
+    Reading a run can take seconds (a remote store, writes still being flushed); a thread
+    keeps the kernel free meanwhile. `pending` is the Future of the latest read.
+    """
+
+    TABS = ("Metrics", "Params", "Tags", "Artifacts", "Models & scoring")
+
+    def __init__(self, session: Session, report):
+        import ipywidgets as widgets
+
+        self.session = session
+        self.report = report
+        self.run_id: str | None = None
+        self.pending: Future | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbxml-panel-inspector")
+        self._lock = threading.Lock()
+        self.title = widgets.HTML("<i>Click a run to see its params, metrics, artifacts and models.</i>")
+        self.link = widgets.HTML()
+        self.metrics = widgets.HTML()
+        self.plots = widgets.Box(layout=widgets.Layout(flex_flow="row wrap"))
+        self.params = widgets.HTML()
+        self.tags = widgets.HTML()
+        self.artifacts = widgets.HTML()
+        self.models = widgets.HTML()
+        self.tabs = widgets.Tab(
+            children=[widgets.VBox([self.metrics, self.plots]), self.params, self.tags, self.artifacts, self.models],
+            titles=self.TABS,
+        )
+        self.tabs.layout.display = "none"
+        self.widget = widgets.VBox([self.title, self.link, self.tabs])
+
+    def show(self, run_id: str) -> Future:
+        """Start reading `run_id`; the widgets fill in when the read is done."""
+        record = self.session.find_run(run_id)
+        name = record.name if record else run_id
+        with self._lock:
+            self.run_id = run_id
+            self.title.value = f"<b>{html.escape(name)}</b> <i>loading...</i>"
+            self.pending = self._executor.submit(self._load, run_id)
+        return self.pending
+
+    def show_details(self, details) -> None:
+        """Show a run already read (by `%aml_panel RUN`), without a second read."""
+        with self._lock:
+            self.run_id = details.run_id
+            self.pending = None
+            self._render(details)
+
+    def refresh_if_showing(self, run_id: str | None) -> None:
+        if run_id is not None and run_id == self.run_id:
+            self.show(run_id)
+
+    def _load(self, run_id: str):
+        try:
+            details = self.session.run_details(run_id)
+        except DbxmlError as exc:
+            if run_id == self.run_id:
+                self.title.value = f'<span style="color:#cf222e">{html.escape(str(exc))}</span>'
+                self.link.value = ""
+                self.tabs.layout.display = "none"
+            return None
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, never lost in a thread
+            self.report(exc)
+            return None
+        with self._lock:
+            if run_id != self.run_id:  # a later click won
+                return details
+            try:
+                self._render(details)
+            except Exception as exc:  # noqa: BLE001
+                self.report(exc)
+        return details
+
+    def _render(self, details) -> None:
+        import ipywidgets as widgets
+
+        self.title.value = (
+            f"<b>{html.escape(details.name)}</b> &nbsp;{status_html(details.status)} &nbsp;"
+            f"<code>{html.escape(details.run_id)}</code> &nbsp;started {format_clock(details.start_time)}, "
+            f"{run_duration(details)} &nbsp;in {html.escape(details.store)}"
+        )
+        self.link.value = self._link_html(details)
+        self.metrics.value = table_html(METRIC_HEADER, metric_rows(details), "No metrics logged.")
+        old_plots = self.plots.children
+        self.plots.children = tuple(
+            widgets.Image(value=history_png(name, points), format="png")
+            for name, points in details.histories.items()
+            if len(points) > 1
+        )
+        for image in old_plots:
+            image.close()
+        self.params.value = table_html(("param", "value"), list(details.params.items()), "No params logged.")
+        self.tags.value = table_html(
+            ("tag", "value"), [(k, shortened(v, 200)) for k, v in details.tags.items()], "No tags."
+        )
+        artifacts = "".join(f"<li><code>{html.escape(path)}</code></li>" for path in details.artifacts)
+        self.artifacts.value = (
+            f"<ul>{artifacts}</ul>" + ("<i>(first files only)</i>" if details.artifacts_truncated else "")
+            if artifacts
+            else "<i>No artifacts.</i>"
+        )
+        self.models.value = table_html(
+            MODEL_HEADER, model_rows(details), "No model registered from this run in this session."
+        ) + "<br>" + table_html(SCORING_HEADER, scoring_rows(details), "No scoring with this run's models in this session.")
+        self.tabs.layout.display = None
+
+    @staticmethod
+    def _link_html(details) -> str:
+        if details.ui_url:
+            where = (
+                "Azure ML studio" if "ml.azure.com" in details.ui_url
+                else "Databricks" if "#mlflow/" in details.ui_url
+                else "the MLflow UI"
+            )
+            url = html.escape(details.ui_url, quote=True)
+            return f'<a href="{url}" target="_blank" rel="noopener">Open the run in {where}</a>'
+        return (
+            "This store has no web UI; see it with "
+            f"<code>mlflow ui --backend-store-uri {html.escape(details.store)}</code>"
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        close_tree(self.widget)

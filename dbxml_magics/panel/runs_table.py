@@ -1,0 +1,179 @@
+"""The runs table: one row per run of the session, updated row by row as events arrive."""
+
+import html
+import threading
+from collections import deque
+
+from ..session import Session
+from .text import PAGE_SIZE, format_clock, format_duration, format_metrics
+from .widgets import close_tree, guarded
+
+STATUS_COLOURS = {
+    "RUNNING": "#0969da",
+    "FINISHED": "#1a7f37",
+    "FAILED": "#cf222e",
+    "KILLED": "#9a6700",
+    "SCHEDULED": "#6e7781",
+}
+
+
+def status_html(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#6e7781")
+    return f'<span style="color:{colour};font-weight:600">{html.escape(status)}</span>'
+
+
+def table_html(header: tuple[str, ...], rows: list[tuple], empty: str) -> str:
+    if not rows:
+        return f"<i>{html.escape(empty)}</i>"
+    head = "".join(f"<th style='text-align:left;padding-right:1em'>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='padding-right:1em'>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ---------------------------------------------------------------------- runs table
+class _Columns:
+    """Layouts and styles shared by every row: one model each instead of one per cell."""
+
+    WIDTHS = {
+        "name": "190px", "status": "90px", "start": "80px", "duration": "75px", "metrics": "300px", "versions": "200px",
+    }
+
+    def __init__(self):
+        import ipywidgets as widgets
+        from ipywidgets.widgets.widget_string import HTMLStyle, LabelStyle
+
+        self.layouts = {name: widgets.Layout(width=width, overflow="hidden") for name, width in self.WIDTHS.items()}
+        self.row = widgets.Layout(align_items="center", min_height="28px")
+        self.button_style = widgets.ButtonStyle()
+        self.label_style = LabelStyle()
+        self.html_style = HTMLStyle()
+
+    def heading(self):
+        import ipywidgets as widgets
+
+        cells = [
+            widgets.HTML(f"<b>{name}</b>", layout=self.layouts[name], style=self.html_style) for name in self.WIDTHS
+        ]
+        return widgets.HBox(cells, layout=self.row)
+
+
+class RunRow:
+    """One line of the runs table, refreshed in place from its RunRecord."""
+
+    def __init__(self, record, settings, columns: _Columns, on_select):
+        import ipywidgets as widgets
+
+        self.record = record
+        self.settings = settings
+        layouts = columns.layouts
+        self.name = widgets.Button(
+            description=record.name, tooltip=f"{record.name} ({record.run_id}): click for details",
+            layout=layouts["name"], style=columns.button_style,
+        )
+        self.name.on_click(lambda _button: on_select(record.run_id))
+        self.status = widgets.HTML(layout=layouts["status"], style=columns.html_style)
+        self.start = widgets.Label(format_clock(record.start_time), layout=layouts["start"], style=columns.label_style)
+        self.duration = widgets.Label(layout=layouts["duration"], style=columns.label_style)
+        self.metrics = widgets.Label(layout=layouts["metrics"], style=columns.label_style)
+        self.versions = widgets.Label(layout=layouts["versions"], style=columns.label_style)
+        self.widget = widgets.HBox(
+            [self.name, self.status, self.start, self.duration, self.metrics, self.versions], layout=columns.row
+        )
+        self.refresh()
+
+    def refresh(self) -> None:
+        # traitlets sends nothing for a value that did not change.
+        record = self.record
+        self.name.description = record.name
+        self.status.value = status_html(record.status)
+        self.duration.value = format_duration(record.duration)
+        self.metrics.value = format_metrics(record, self.settings)
+        self.versions.value = ", ".join(record.model_versions)
+
+    def close(self) -> None:
+        for widget in (self.name, self.status, self.start, self.duration, self.metrics, self.versions, self.widget):
+            widget.close()
+
+
+class RunsTable:
+    """Runs of the session, newest first: a bounded window of rows, older pages on request."""
+
+    def __init__(self, session: Session, on_select, report, page_size: int = PAGE_SIZE):
+        import ipywidgets as widgets
+
+        self.session = session
+        self.on_select = guarded(report, on_select)
+        self.page_size = page_size
+        self.limit = page_size
+        self.columns = _Columns()
+        self.rows: dict[str, RunRow] = {}  # visible rows by run id
+        self._order: deque[str] = deque()  # visible run ids, newest first
+        self._lock = threading.RLock()
+        self.box = widgets.VBox()
+        self.count = widgets.Label()
+        self.older = widgets.Button(description="Show older runs", tooltip=f"Show {page_size} more runs")
+        self.older.on_click(guarded(report, lambda _button: self.show_older()))
+        self.widget = widgets.VBox([self.columns.heading(), self.box, widgets.HBox([self.count, self.older])])
+        with self._lock:
+            for record in self.session.runs[-self.limit :][::-1]:
+                self._order.append(record.run_id)
+                self.rows[record.run_id] = RunRow(record, self.session.settings, self.columns, self.on_select)
+            self.box.children = tuple(self.rows[run_id].widget for run_id in self._order)
+            self._update_count()
+
+    def _update_count(self) -> None:
+        total = len(self.session.runs)
+        shown = len(self._order)
+        self.count.value = f"{total} runs" if shown == total else f"showing the newest {shown} of {total} runs"
+        self.older.layout.display = None if shown < total else "none"
+
+    def add(self, record) -> RunRow:
+        """A run started: prepend its row; the oldest visible row leaves the window."""
+        with self._lock:
+            row = RunRow(record, self.session.settings, self.columns, self.on_select)
+            self.rows[record.run_id] = row
+            self._order.appendleft(record.run_id)
+            children = (row.widget,) + self.box.children
+            if len(self._order) > self.limit:
+                dropped = self.rows.pop(self._order.pop())
+                children = children[:-1]
+                dropped.close()
+            self.box.children = children
+            self._update_count()
+            return row
+
+    def update(self, run_id: str) -> None:
+        row = self.rows.get(run_id)
+        if row is not None:
+            row.refresh()
+
+    def tick(self) -> None:
+        """Running rows show their growing duration (called from the journal's flusher thread)."""
+        with self._lock:
+            running = [row for row in self.rows.values() if row.record.status == "RUNNING"]
+        for row in running:
+            row.refresh()
+
+    def show_older(self) -> None:
+        """Append the next page of older runs below the visible ones."""
+        with self._lock:
+            runs = self.session.runs
+            shown = len(self._order)
+            start = max(0, len(runs) - shown - self.page_size)
+            older = runs[start : len(runs) - shown][::-1]
+            new_rows = []
+            for record in older:
+                row = RunRow(record, self.session.settings, self.columns, self.on_select)
+                self.rows[record.run_id] = row
+                self._order.append(record.run_id)
+                new_rows.append(row.widget)
+            self.limit = len(self._order)
+            self.box.children = self.box.children + tuple(new_rows)
+            self._update_count()
+
+    def close(self) -> None:
+        close_tree(self.widget)
+        self.rows.clear()
