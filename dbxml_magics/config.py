@@ -41,7 +41,19 @@ class Settings(Configurable):
     ).tag(config=True)
     flush_interval = Float(1.0, help="Seconds between background journal flushes.").tag(config=True)
     flush_timeout = Float(
-        10.0, help="Seconds a cell end waits for its run to reach the stores before leaving the rest queued."
+        10.0,
+        help="Seconds a read of a run (or a cell end, with wait_at_cell_end) waits for the run's queued writes.",
+    ).tag(config=True)
+    wait_at_cell_end = Bool(
+        False,
+        help=(
+            "Make %%track wait (up to flush_timeout) for the run to reach its primary store. Off: the cell "
+            "ends once its writes are in the journal on disk; reads of the run still wait for them."
+        ),
+    ).tag(config=True)
+    journal_lease = Float(
+        30.0,
+        help="Seconds a kernel's claim on its journal rows lasts without renewal; then another kernel adopts them.",
     ).tag(config=True)
     shutdown_flush_timeout = Float(
         5.0,

@@ -207,14 +207,22 @@ class DbxmlMagics(Settings, Magics):
     @magic_arguments()
     @argument("--flush", action="store_true", help="Ship pending writes now and wait for them.")
     @argument("--timeout", type=_seconds, default=30.0, help="Seconds to wait with --flush.")
+    @argument("--retry", action="store_true", help="Queue the writes the stores refused again.")
+    @argument("--discard", action="store_true", help="Delete the writes the stores refused (says what it drops).")
     @line_magic
     @_user_errors
     def aml_sync(self, line):
-        """Show what waits to be written to each store; --flush ships it now."""
-        from .status import sync_report
+        """Show what waits to be written to each store; --flush ships it now; --retry / --discard act on failed writes."""
+        from . import status
 
         args = _parse(self.aml_sync, line)
-        print(sync_report(self.session, flush=args.flush, timeout=args.timeout))
+        if args.retry and args.discard:
+            raise UsageError("Give --retry or --discard, not both.")
+        if args.retry:
+            print(status.retry_failed(self.session))
+        elif args.discard:
+            print(status.discard_failed(self.session))
+        print(status.sync_report(self.session, flush=args.flush or args.retry, timeout=args.timeout))
 
     @magic_arguments()
     @argument("run", nargs="?", help="Open this run in the inspector: `last`, a run name of this session, or a run id.")

@@ -4,7 +4,7 @@ import time
 
 from .session import Session
 
-__all__ = ["sync_report", "format_age"]
+__all__ = ["sync_report", "retry_failed", "discard_failed", "format_age"]
 
 
 def format_age(timestamp: float | None) -> str:
@@ -23,7 +23,7 @@ def sync_report(session: Session, flush: bool = False, timeout: float = 30.0) ->
     journal = session.journal
     session.activate()
     if flush:
-        journal.flush(timeout=timeout)
+        journal.flush(timeout=timeout, everyone=True)
     lines = []
     for status in journal.status():
         line = (
@@ -36,3 +36,36 @@ def sync_report(session: Session, flush: bool = False, timeout: float = 30.0) ->
     for target, kind, error in journal.failures(limit=5):
         lines.append(f"  failed {kind} for {target}: {error}")
     return "\n".join(lines) if lines else "Nothing linked yet: no stores, nothing pending."
+
+
+def retry_failed(session: Session) -> str:
+    """Failed rows go back in the queue, in their original order."""
+    session.activate()
+    count = session.journal.retry_failed()
+    if not count:
+        return "No failed writes to retry."
+    return f"{count} failed writes queued again; see %aml_sync for their progress."
+
+
+def discard_failed(session: Session) -> str:
+    """Delete failed rows, saying exactly what is dropped (per store, run and kind)."""
+    dropped = session.journal.discard_failed()
+    if not dropped:
+        return "No failed writes to discard."
+    total = sum(count for *_, count in dropped)
+    lines = [f"Discarded {total} failed writes (they will never reach their store):"]
+    for target, run_key, kind, count in dropped:
+        lines.append(f"  {target}: run {run_key}: {count} {_KIND_NAMES.get(kind, kind)}")
+    return "\n".join(lines)
+
+
+_KIND_NAMES = {
+    "batch": "metric/param/tag batches",
+    "create_run": "mirror run creation",
+    "update": "run status updates",
+    "artifact": "artifact uploads",
+    "copy_artifacts": "artifact copies to the mirror",
+    "delete_tag": "tag deletions",
+    "inputs": "dataset inputs",
+    "outputs": "model outputs",
+}

@@ -249,22 +249,23 @@ def _log_outcome(session, shell, request, cell, run_id, record, started) -> None
 
 
 def _settle(session: Session, run_id: str) -> None:
-    """Wait (bounded) for the run to reach its primary store; say so when it could not."""
-    if session.journal.flush(run_id, primary_only=True):
+    """The cell ends once its writes are on disk; with wait_at_cell_end it waits (bounded) for
+    them to reach the primary store. Either way, a store known to be failing is named."""
+    journal = session.journal
+    if session.settings.wait_at_cell_end and journal.flush(run_id, primary_only=True):
         return
-    left = session.journal.pending(run_id)
     primary = session.link.primary.display
-    error = next((s["last_error"] for s in session.journal.status() if s["target"] == primary), None)
+    error = next((s["last_error"] for s in journal.status() if s["target"] == primary), None)
     if error:
         print(
-            f"dbxml: {primary} is not reachable ({error}); {left} writes of run {run_id} are "
+            f"dbxml: {primary} is not reachable ({error}); {journal.pending(run_id)} writes of run {run_id} are "
             "kept in the journal and will be retried (see %aml_sync).",
             file=sys.stderr,
         )
-    elif session.settings.flush_timeout > 0:  # with 0 the user chose not to wait: nothing to report
+    elif session.settings.wait_at_cell_end and session.settings.flush_timeout > 0:
         print(
-            f"dbxml: {primary} is slow; {left} writes of run {run_id} are still being sent in the background "
-            "(see %aml_sync).",
+            f"dbxml: {primary} is slow; {journal.pending(run_id)} writes of run {run_id} are still being sent "
+            "in the background (see %aml_sync).",
             file=sys.stderr,
         )
 

@@ -106,6 +106,7 @@ def test_killed_kernel_is_replayed_by_next_session(shell, own_server, tmp_path):
         ip.run_line_magic("load_ext", "dbxml_magics")
         ip.run_line_magic("config", "DbxmlMagics.flush_interval = 3600")
         ip.run_line_magic("config", "DbxmlMagics.flush_timeout = 0")
+        ip.run_line_magic("config", "DbxmlMagics.journal_lease = 2")
         ip.run_line_magic("config", "DbxmlMagics.show_panel_on_link = False")
         ip.run_line_magic("aml_link", "--uri {own_server.uri}")
         ip.run_cell_magic("track", "doomed --params k", "import mlflow\\nk = 'v'\\nfor i in range(500):\\n    mlflow.log_metric('x', i, step=i)")

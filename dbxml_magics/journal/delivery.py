@@ -1,0 +1,240 @@
+"""Delivery: one function per kind of row, each turning rows into calls on the real store.
+
+`deliver(journal, key, rows)` sends one group (rows of one run, merged when they are
+batches) to the target `key`. It raises on any failure; the shipper sorts the error.
+Rows are (id, run_key, kind, payload) as the outbox stores them.
+"""
+
+import base64
+import json
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from ..errors import JournalError
+from ..experiments import resolve_experiment
+from ..targets import Target
+
+__all__ = [
+    "SOURCE_RUN_TAG", "deliver", "register_kind", "Transient",
+    "metric_to_list", "entities_to_text", "batch_limits",
+]
+
+SOURCE_RUN_TAG = "dbxml.source_run_id"
+
+_handlers: dict[str, Callable[[Target, str, dict], None]] = {}
+
+
+class Transient(Exception):
+    """A condition that resolves itself by waiting (e.g. a mirror run not created yet)."""
+
+
+def register_kind(kind: str, handler: Callable[[Target, str, dict], None]) -> None:
+    """Let another module queue its own writes: `handler(target, remote_run_id, payload)`
+    is called by the shipper, after every earlier row of the same run reached `target`.
+    It raises to be retried later (MlflowException with a 4xx code: failed for good)."""
+    _handlers[kind] = handler
+
+
+def deliver(journal, key: str, rows: list) -> None:
+    kind, run_key = rows[0][2], rows[0][1]
+    store = journal.inner_store(key)
+    if kind == "create_run":
+        _create_mirror_run(journal, key, store, run_key, json.loads(rows[0][3]))
+        return
+    remote_id = journal.outbox.remote_id(key, run_key)
+    if remote_id is None:
+        raise Transient("the mirror run is not created yet")
+    if kind == "batch":
+        _log_batch(store, remote_id, rows)
+        return
+    payload = json.loads(rows[0][3])
+    if kind in _SIMPLE:
+        _SIMPLE[kind](store, remote_id, payload)
+    elif kind == "artifact":
+        _upload_artifact(journal, key, store, remote_id, rows[0][0], payload)
+    elif kind == "copy_artifacts":
+        _copy_artifacts(journal, key, store, run_key, remote_id)
+    elif kind in _handlers:
+        _handlers[kind](journal.targets[key], remote_id, payload)
+    else:
+        raise JournalError(f"unknown journal entry kind {kind!r}")
+
+
+# ---------------------------------------------------------------------- batches
+def batch_limits() -> tuple[int, int, int]:
+    """MLflow's per-request limits: metrics, params or tags, entities."""
+    from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+    return MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_ENTITIES_PER_BATCH
+
+
+def _log_batch(store, remote_id: str, rows: list) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    max_metrics, max_params_tags, max_entities = batch_limits()
+    metrics, params, tags = [], {}, {}
+    for row in rows:
+        payload = json.loads(row[3])
+        metrics.extend(payload["metrics"])
+        params.update(dict(payload["params"]))
+        tags.update(dict(payload["tags"]))
+    metric_objs = [_list_to_metric(m, Metric) for m in metrics]
+    param_objs = [Param(k, v) for k, v in params.items()]
+    tag_objs = [RunTag(k, v) for k, v in tags.items()]
+    while metric_objs or param_objs or tag_objs:
+        p, param_objs = param_objs[:max_params_tags], param_objs[max_params_tags:]
+        t, tag_objs = tag_objs[:max_params_tags], tag_objs[max_params_tags:]
+        room = min(max_metrics, max_entities - len(p) - len(t))
+        m, metric_objs = metric_objs[:room], metric_objs[room:]
+        store.log_batch(remote_id, m, p, t)  # params and tags positionally (RestStore)
+
+
+def metric_to_list(metric) -> list:
+    return [
+        metric.key,
+        metric.value,
+        metric.timestamp,
+        metric.step,
+        getattr(metric, "model_id", None),
+        getattr(metric, "dataset_name", None),
+        getattr(metric, "dataset_digest", None),
+    ]
+
+
+def _list_to_metric(item: list, metric_cls):
+    key, value, timestamp, step, model_id, dataset_name, dataset_digest = (item + [None] * 7)[:7]
+    kwargs = {}
+    if model_id is not None:
+        kwargs.update(model_id=model_id, dataset_name=dataset_name, dataset_digest=dataset_digest)
+    return metric_cls(key, value, timestamp, step, **kwargs)
+
+
+# ---------------------------------------------------------------------- run info, tags, datasets
+def _update_run(store, remote_id: str, payload: dict) -> None:
+    from mlflow.entities import RunStatus
+
+    status = RunStatus.from_string(payload["status"]) if payload["status"] else None
+    if status is None:
+        status = store.get_run(remote_id).info.status
+        status = RunStatus.from_string(status) if isinstance(status, str) else status
+    store.update_run_info(remote_id, status, payload["end_time"], payload["run_name"])
+
+
+def _delete_tag(store, remote_id: str, payload: dict) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        store.delete_tag(remote_id, payload["key"])
+    except MlflowException as exc:
+        # A replay after a crash deletes twice; the second finds nothing, which is the goal.
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
+def entities_to_text(entities) -> list[str]:
+    """MLflow entities (datasets, logged-model inputs/outputs) as base64 protobuf, for JSON rows."""
+    return [base64.b64encode(e.to_proto().SerializeToString()).decode("ascii") for e in entities or ()]
+
+
+def _log_inputs(store, remote_id: str, payload: dict) -> None:
+    from mlflow.entities import DatasetInput
+
+    datasets = _decode(payload.get("datasets"), DatasetInput)
+    models = payload.get("models")
+    if models:
+        from mlflow.entities import LoggedModelInput
+
+        store.log_inputs(remote_id, datasets=datasets, models=_decode(models, LoggedModelInput))
+    else:
+        store.log_inputs(remote_id, datasets=datasets)
+
+
+def _log_outputs(store, remote_id: str, payload: dict) -> None:
+    from mlflow.entities import LoggedModelOutput
+
+    store.log_outputs(remote_id, _decode(payload["models"], LoggedModelOutput))
+
+
+def _decode(texts, cls) -> list:
+    """The entities `entities_to_text` encoded: each class's proto comes from its own to_proto."""
+    out = []
+    for text in texts or ():
+        message = _proto_class(cls)()
+        message.ParseFromString(base64.b64decode(text))
+        out.append(cls.from_proto(message))
+    return out
+
+
+def _proto_class(cls):
+    from mlflow.protos import service_pb2
+
+    name = {"DatasetInput": "DatasetInput", "LoggedModelInput": "ModelInput", "LoggedModelOutput": "ModelOutput"}[
+        cls.__name__
+    ]
+    return getattr(service_pb2, name)
+
+
+_SIMPLE = {"update": _update_run, "delete_tag": _delete_tag, "inputs": _log_inputs, "outputs": _log_outputs}
+
+
+# ---------------------------------------------------------------------- artifacts
+def _artifact_repo(journal, key: str, store, remote_id: str):
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    artifact_uri = store.get_run(remote_id).info.artifact_uri
+    return get_artifact_repository(artifact_uri, tracking_uri=journal.targets[key].uri)
+
+
+def _upload_artifact(journal, key: str, store, remote_id: str, row_id: int, payload: dict) -> None:
+    blob = Path(payload["blob"])
+    if not blob.exists():
+        return
+    repo = _artifact_repo(journal, key, store, remote_id)
+    # The blob's name carries a unique prefix; the store must see the user's file name.
+    staged = blob.parent / "staging" / uuid.uuid4().hex / blob.name.split("-", 1)[1]
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(blob, staged)
+    try:
+        repo.log_artifact(str(staged), payload["artifact_path"])
+    finally:
+        shutil.rmtree(staged.parent, ignore_errors=True)
+    if not journal.outbox.blob_in_use(blob.name, except_id=row_id):
+        blob.unlink(missing_ok=True)
+
+
+def _copy_artifacts(journal, key: str, store, run_key: str, remote_id: str) -> None:
+    """Bring artifacts logged straight to the primary (models, user files) to the mirror."""
+    primary_key = journal.primary_key(run_key)
+    primary_store = journal.inner_store(primary_key)
+    source = _artifact_repo(journal, primary_key, primary_store, run_key)
+    destination = _artifact_repo(journal, key, store, remote_id)
+    with tempfile.TemporaryDirectory(prefix="dbxml-copy-") as tmp:
+        local = source.download_artifacts("", tmp)
+        if any(Path(local).iterdir()):
+            destination.log_artifacts(local)
+
+
+# ---------------------------------------------------------------------- the mirror run
+def _create_mirror_run(journal, key: str, store, run_key: str, payload: dict) -> None:
+    """Create the mirror run once: an earlier attempt's run is found by its source tag."""
+    if journal.outbox.db().execute(
+        "SELECT 1 FROM runs WHERE target=? AND run_key=? AND remote_id IS NOT NULL", (key, run_key)
+    ).fetchone():
+        return
+    from mlflow.entities import RunTag, ViewType
+
+    name = resolve_experiment(journal.targets[key], payload["experiment"] or "Default", journal.settings)
+    experiment = store.get_experiment_by_name(name)
+    experiment_id = store.create_experiment(name) if experiment is None else experiment.experiment_id
+    existing = store.search_runs([experiment_id], f"tags.`{SOURCE_RUN_TAG}` = '{run_key}'", ViewType.ALL, max_results=1)
+    if existing:
+        remote_id = existing[0].info.run_id
+    else:
+        tags = [RunTag(k, v) for k, v in payload["tags"].items() if not k.startswith("mlflow.log-model")]
+        tags.append(RunTag(SOURCE_RUN_TAG, run_key))
+        run = store.create_run(experiment_id, payload["user_id"], payload["start_time"], tags, payload["run_name"])
+        remote_id = run.info.run_id
+    journal.outbox.set_remote_id(key, run_key, remote_id)

@@ -1,0 +1,193 @@
+"""Interception: MLflow's tracking-store registry hands out journaled stores.
+
+`install(journal)` wraps every store builder in the registry, so every store MLflow builds
+while the journal is installed (fluent API, any `MlflowClient`, any URI) is a
+`JournaledStore`. Creating a run adopts it for the store it was created on; every write
+method of an adopted run then becomes a journal row, in call order; reads of an adopted run
+first wait (bounded) for that run's rows. Runs created elsewhere pass through untouched.
+
+MLflow builds stores under a non-reentrant lock: the wrapper calls the inner builder, never
+`get_store`, or it deadlocks.
+"""
+
+import os
+
+from ..stores import prepare_sqlite_store
+
+__all__ = ["JournaledStore", "install", "uninstall"]
+
+# MLflow's default HTTP retries wait minutes on a dead server; the journal retries by
+# itself, so a down store costs seconds. A user's own setting wins.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def _registry():
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    return _tracking_store_registry
+
+
+def install(journal) -> dict[str, str]:
+    """Wrap every builder; returns the environment defaults set (for `uninstall`)."""
+    registry = _registry()
+    for scheme, builder in list(registry._registry.items()):
+        if not isinstance(builder, _JournaledBuilder):
+            registry._registry[scheme] = _JournaledBuilder(builder, journal)
+    registry._get_store_with_resolved_uri.cache_clear()
+    env = {k: v for k, v in _HTTP_DEFAULTS.items() if k not in os.environ}
+    os.environ.update(env)
+    return env
+
+
+def uninstall(journal, env: dict[str, str]) -> None:
+    registry = _registry()
+    for scheme, builder in list(registry._registry.items()):
+        if isinstance(builder, _JournaledBuilder) and builder.journal is journal:
+            registry._registry[scheme] = builder.inner
+    registry._get_store_with_resolved_uri.cache_clear()
+    for key, value in env.items():
+        if os.environ.get(key) == value:
+            del os.environ[key]
+
+
+class _JournaledBuilder:
+    """Stands in for an MLflow store builder; returns the real store wrapped."""
+
+    def __init__(self, inner, journal):
+        self.inner = inner
+        self.journal = journal
+        self.__module__ = getattr(inner, "__module__", __name__)
+
+    def __call__(self, store_uri=None, artifact_uri=None, **kwargs):
+        artifact_uri = artifact_uri or self.journal.artifact_root_for(store_uri)
+        prepare_sqlite_store(store_uri)
+        store = self.inner(store_uri=store_uri, artifact_uri=artifact_uri, **kwargs)
+        return JournaledStore(store, self.journal, store_uri, artifact_uri)
+
+
+class JournaledStore:
+    """A tracking store whose writes for adopted runs go to the journal; the rest passes through."""
+
+    def __init__(self, inner, journal, store_uri: str, artifact_uri: str | None = None):
+        self._inner = inner
+        self._journal = journal
+        self._store_uri = store_uri
+        self._artifact_uri = artifact_uri
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def _owned(self, run_id) -> bool:
+        return self._journal.owns(run_id)
+
+    # -- creation: adopt the run for the store it was created on
+    def create_run(self, experiment_id, user_id, start_time, tags, run_name):
+        run = self._inner.create_run(experiment_id, user_id, start_time, tags, run_name)
+        self._journal.own(
+            run.info.run_id, self._store_uri, lambda: self._experiment_name(experiment_id), run,
+            self._artifact_uri, self._inner,
+        )
+        return run
+
+    def _experiment_name(self, experiment_id) -> str | None:
+        try:
+            return self._inner.get_experiment(experiment_id).name
+        except Exception:  # noqa: BLE001 - the name only names the mirror's experiment
+            return None
+
+    # -- writes
+    def log_metric(self, run_id, metric):
+        if not self._owned(run_id):
+            return self._inner.log_metric(run_id, metric)
+        self._journal.log_batch(run_id, metrics=[metric])
+
+    def log_param(self, run_id, param):
+        if not self._owned(run_id):
+            return self._inner.log_param(run_id, param)
+        self._journal.log_batch(run_id, params=[param])
+
+    def set_tag(self, run_id, tag):
+        if not self._owned(run_id):
+            return self._inner.set_tag(run_id, tag)
+        self._journal.log_batch(run_id, tags=[tag])
+
+    def log_batch(self, run_id, metrics, params, tags):
+        if not self._owned(run_id):
+            return self._inner.log_batch(run_id, metrics, params, tags)
+        self._journal.log_batch(run_id, metrics, params, tags)
+
+    def delete_tag(self, run_id, key):
+        if not self._owned(run_id):
+            return self._inner.delete_tag(run_id, key)
+        self._journal.append(run_id, "delete_tag", {"key": key})
+
+    def log_inputs(self, run_id, datasets=None, models=None):
+        if not self._owned(run_id):
+            return self._inner.log_inputs(run_id, datasets=datasets, models=models) if models else (
+                self._inner.log_inputs(run_id, datasets=datasets)
+            )
+        self._journal.log_inputs(run_id, datasets, models)
+
+    def log_outputs(self, run_id, models):
+        if not self._owned(run_id):
+            return self._inner.log_outputs(run_id, models)
+        self._journal.log_outputs(run_id, models)
+
+    def update_run_info(self, run_id, run_status, end_time, run_name):
+        if not self._owned(run_id):
+            return self._inner.update_run_info(run_id, run_status, end_time, run_name)
+        from mlflow.entities import RunStatus
+
+        status = RunStatus.to_string(run_status) if isinstance(run_status, int) else run_status
+        self._journal.update_run(run_id, status, end_time, run_name)
+
+    # Async variants: the journal already returns at once, so they complete immediately.
+    def log_metric_async(self, run_id, metric):
+        return self._done(self.log_metric, run_id, metric)
+
+    def log_param_async(self, run_id, param):
+        return self._done(self.log_param, run_id, param)
+
+    def set_tag_async(self, run_id, tag):
+        return self._done(self.set_tag, run_id, tag)
+
+    def log_batch_async(self, run_id, metrics, params, tags):
+        return self._done(self.log_batch, run_id, metrics, params, tags)
+
+    def _done(self, method, run_id, *args):
+        if not self._owned(run_id):
+            return getattr(self._inner, method.__name__ + "_async")(run_id, *args)
+        from concurrent.futures import Future
+
+        from mlflow.utils.async_logging.run_operations import RunOperations
+
+        method(run_id, *args)
+        future = Future()
+        future.set_result(None)
+        return RunOperations([future])
+
+    # -- reads of an adopted run see its queued writes first
+    def get_run(self, run_id):
+        self._settle(run_id)
+        return self._inner.get_run(run_id)
+
+    def get_metric_history(self, run_id, metric_key, *args, **kwargs):
+        self._settle(run_id)
+        return self._inner.get_metric_history(run_id, metric_key, *args, **kwargs)
+
+    def get_metric_history_bulk_interval_from_steps(self, run_id, *args, **kwargs):
+        self._settle(run_id)
+        return self._inner.get_metric_history_bulk_interval_from_steps(run_id, *args, **kwargs)
+
+    def search_runs(self, *args, **kwargs):
+        self._journal.settle_store(self._store_uri)
+        return self._inner.search_runs(*args, **kwargs)
+
+    def _settle(self, run_id) -> None:
+        if self._owned(run_id):
+            self._journal.flush(run_id, timeout=self._journal.settings.flush_timeout, primary_only=True)
+
