@@ -109,6 +109,7 @@ def test_flatten_rule_for_aml_experiment_names(ext, shell, aml_workspace, mlflow
 def test_rejected_token_keeps_data_for_replay(ext, shell, aml_workspace, mlflow_server, capsys):
     emulator = aml_workspace
     shell.run_line_magic("config", "DbxmlMagics.flush_timeout = 2.0")
+    shell.run_line_magic("config", "DbxmlMagics.wait_at_cell_end = True")  # the cell end reports the refusal
     shell.run_line_magic("aml_link", link_line(emulator, "--auth managed-identity"))
     shell.user_ns["emulator"] = emulator
     capsys.readouterr()
