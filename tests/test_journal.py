@@ -171,3 +171,42 @@ def test_rejected_rows_fail_alone_and_are_reported(linked, shell, capsys, mlflow
     assert "1 failed" in out and "Changing param values" in out
     run = mlflow_server.client().get_run(run_id)
     assert run.data.params == {"q": "server-side"}
+
+
+def test_retry_and_discard_act_on_failed_rows_only(linked, shell, capsys, mlflow_server):
+    shell.run_cell_magic("track", "clash", "import mlflow\nrun_id = mlflow.active_run().info.run_id")
+    run_id = shell.user_ns["run_id"]
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.utils.rest_utils import MlflowHostCreds
+
+    RestStore(lambda: MlflowHostCreds(mlflow_server.uri)).log_param(run_id, mlflow.entities.Param("r", "server-side"))
+    mlflow.MlflowClient().log_param(run_id, "r", "client-side")
+    shell.run_line_magic("aml_sync", "--flush --timeout 10")
+    assert "1 failed" in capsys.readouterr().out
+    shell.run_line_magic("aml_sync", "--retry --timeout 10")
+    out = capsys.readouterr().out
+    assert "1 failed writes queued again" in out and "1 failed" in out  # refused again, still kept
+    shell.run_line_magic("aml_sync", "--discard")
+    out = capsys.readouterr().out
+    assert "Discarded 1 failed writes" in out and f"run {run_id}: 1 metric/param/tag batches" in out
+    assert "0 failed" in out
+    shell.run_line_magic("aml_sync", "--discard")
+    assert "No failed writes to discard." in capsys.readouterr().out
+
+
+def test_a_run_on_a_store_that_is_not_a_target_gets_a_shipper(linked, shell, capsys, own_server):
+    shell.run_cell_magic(
+        "track", "elsewhere",
+        f"import mlflow\nother = mlflow.MlflowClient({own_server.uri!r})\n"
+        "run = other.create_run(other.get_experiment_by_name('Default').experiment_id)\n"
+        "for i in range(50):\n    other.log_metric(run.info.run_id, 'm', i, step=i)\n"
+        "other.set_terminated(run.info.run_id)\n",
+    )
+    run_id = shell.user_ns["run"].info.run_id
+    assert linked.journal.owns(run_id)
+    shell.run_line_magic("aml_sync", "--flush --timeout 60")
+    out = capsys.readouterr().out
+    assert f"other   {own_server.uri}: 0 pending" in out
+    run = own_server.client().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert _history(own_server.client(), run_id, "m") == [(i, float(i)) for i in range(50)]

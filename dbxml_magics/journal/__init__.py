@@ -196,10 +196,8 @@ class Journal:
         """Queue one write of an owned run for each of its targets (one transaction)."""
         keys = self._owned[run_id]
         keys = keys[:1] if primary_only else keys[1:] if mirror_only else keys
-        outbox = self.outbox
-        with outbox.transaction() as db:
-            for key in keys:
-                outbox.insert(db, key, run_id, kind, payload)
+        if keys:
+            self.outbox.append(keys, run_id, kind, payload)
         if kind != "batch":
             self._wake()
 

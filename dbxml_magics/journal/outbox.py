@@ -156,6 +156,20 @@ class Outbox:
             (target, run_key, kind, json.dumps(payload), now, self.owner, *claim),
         )
 
+    def append(self, targets: list[str], run_key: str, kind: str, payload: dict) -> None:
+        """Queue one write for several targets in one statement: atomic without BEGIN/COMMIT
+        round trips, which matters on the hot path (one log_metric, one statement)."""
+        now = time.time()
+        owner, lease_until = (self.owner, now + self.lease) if self.claiming else (None, None)
+        text = json.dumps(payload)
+        values = ",".join("(?, ?, ?, ?, ?, ?, ?, ?)" for _ in targets)
+        args = [v for target in targets for v in (target, run_key, kind, text, now, self.owner, owner, lease_until)]
+        self.db().execute(
+            "INSERT INTO entries(target, run_key, kind, payload, created, owner, claimed_by, lease_until) "
+            f"VALUES {values}",
+            args,
+        )
+
     def set_run(self, db, target: str, run_key: str, remote_id: str | None, experiment: str | None, replace: bool) -> None:
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         db.execute(
