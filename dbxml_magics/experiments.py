@@ -58,8 +58,12 @@ def use_experiment(session, requested: str | None = None, error: type[DbxmlError
             raise error(f"Cannot use experiment {name!r}: {first_line(exc)}") from None
         return experiment.experiment_id, experiment.name
     experiment_id = mlflow.tracking.fluent._get_experiment_id()
-    try:
-        experiment = mlflow.get_experiment(experiment_id)
-    except Exception as exc:  # noqa: BLE001
-        raise error(f"Cannot reach the tracking store {session.link.primary.display}: {first_line(exc)}.") from None
-    return experiment_id, experiment.name if experiment else "Default"
+    # One lookup per store and experiment: a request per cell would be most of an empty cell's cost.
+    key = (mlflow.get_tracking_uri(), experiment_id)
+    if key not in session.experiment_names:
+        try:
+            experiment = mlflow.get_experiment(experiment_id)
+        except Exception as exc:  # noqa: BLE001
+            raise error(f"Cannot reach the tracking store {session.link.primary.display}: {first_line(exc)}.") from None
+        session.experiment_names[key] = experiment.name if experiment else "Default"
+    return experiment_id, session.experiment_names[key]

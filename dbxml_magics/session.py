@@ -101,6 +101,7 @@ class Session:
         self._link: Link | None = None
         self._link_before_first: tuple[Link, str | None] | None = None
         self._journal = None
+        self.experiment_names: dict[tuple[str, str], str] = {}  # (tracking URI, experiment id) -> name
         self._shell_key = shell_key
         if shell_key is not None:
             _sessions[shell_key] = self

@@ -63,7 +63,11 @@ class MlflowServer:
             env={**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         log.close()
-        wait_http(self.uri + "/health", timeout=120, process=self.process)
+        try:
+            wait_http(self.uri + "/health", timeout=120, process=self.process)
+        except BaseException:
+            self.stop()  # a server that never answered must not outlive the test session
+            raise
         return self
 
     def stop(self) -> None:
