@@ -388,7 +388,7 @@ class Journal:
         if self._closed:
             return
         if self.flusher_alive:
-            self.flush(timeout=min(self.settings.flush_timeout, 5.0) if timeout is None else timeout)
+            self.flush(timeout=self.settings.flush_timeout if timeout is None else timeout)
         self._closed = True
         self.outbox.claiming = False
         for shipper in self._shippers.values():
