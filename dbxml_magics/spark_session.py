@@ -27,6 +27,7 @@ from .masking import first_line
 __all__ = [
     "SparkChoice",
     "resolve_spark",
+    "describe_spark",
     "is_connect",
     "is_spark_dataframe",
     "api_mode",
@@ -125,6 +126,22 @@ def resolve_spark(namespace: dict, remote: str | None = None, dataframe=None) ->
     if os.environ.get("SPARK_REMOTE", "").startswith("sc://"):
         return _remote_session(os.environ["SPARK_REMOTE"])
     return _local_session()
+
+
+def describe_spark(namespace: dict, remote: str | None = None) -> str:
+    """Which session resolve_spark would use, in its words, without starting or contacting one."""
+    if remote:
+        return f"Spark Connect {connect_url_display(remote)} (not contacted by --dry-run)"
+    spark = namespace.get("spark")
+    if spark is not None and is_spark_session(spark) and not _stopped(spark):
+        return f"the notebook's `spark` ({_describe(spark)})"
+    if "pyspark" in sys.modules:
+        active = _active_session()
+        if active is not None:
+            return f"the active Spark session ({_describe(active)})"
+    if os.environ.get("SPARK_REMOTE", "").startswith("sc://"):
+        return f"Spark Connect {connect_url_display(os.environ['SPARK_REMOTE'])} (not contacted by --dry-run)"
+    return "a new local Spark session (not started by --dry-run)"
 
 
 def _dataframe_session(dataframe, remote: str | None) -> SparkChoice:
