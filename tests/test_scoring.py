@@ -7,9 +7,7 @@ the working directory's own store). Predictions are compared with the model's ow
 
 import io
 import os
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -483,45 +481,66 @@ def test_job_progress_on_spark_connect(spark_connect):
     assert "dbxml: remote: done, 4/4 tasks" in text
 
 
-# ---------------------------------------------------------------------- a fresh kernel process
-_FRESH_KERNEL = textwrap.dedent(
+# ---------------------------------------------------------------------- a fresh kernel
+_FRESH_CELLS = [
     """
-    import os, sys
-    from IPython.testing.globalipapp import start_ipython
-    shell = start_ipython()
-    shell.run_line_magic("load_ext", "dbxml_magics")
-    assert "pyspark" not in sys.modules, "load_ext imported pyspark"
-    import mlflow, pandas as pd
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.datasets import load_iris
-    from mlflow.models import infer_signature
-    X, y = load_iris(return_X_y=True, as_frame=True)
-    X.columns = [c.replace(" (cm)", "").replace(" ", "_") for c in X.columns]
-    model = LogisticRegression(max_iter=300).fit(X, y)
-    mlflow.set_tracking_uri("sqlite:///" + os.path.join(os.getcwd(), "mlflow.db"))
-    with mlflow.start_run():
-        mlflow.sklearn.log_model(model, name="model", registered_model_name="fresh",
-                                 signature=infer_signature(X, model.predict(X)))
-    mlflow.set_tracking_uri(None)
-    shell.user_ns["X"] = X
-    shell.run_line_magic("aml_score", "fresh --df X --into scored --limit 0")
-    scored = shell.user_ns["scored"]
-    assert (scored.toPandas()["prediction"].to_numpy() == model.predict(X)).all()
-    print("PYTHON-EXEC", scored.sparkSession.sparkContext.pythonExec)
-    scored.sparkSession.stop()
+%load_ext dbxml_magics
+import os, sys
+assert "pyspark" not in sys.modules, "load_ext imported pyspark"
+import mlflow
+from sklearn.linear_model import LogisticRegression
+from sklearn.datasets import load_iris
+from mlflow.models import infer_signature
+X, y = load_iris(return_X_y=True, as_frame=True)
+X.columns = [c.replace(" (cm)", "").replace(" ", "_") for c in X.columns]
+model = LogisticRegression(max_iter=300).fit(X, y)
+mlflow.set_tracking_uri("sqlite:///" + os.path.join(os.getcwd(), "mlflow.db"))
+with mlflow.start_run():
+    mlflow.sklearn.log_model(model, name="model", registered_model_name="fresh",
+                             signature=infer_signature(X, model.predict(X)))
+mlflow.set_tracking_uri(None)
+""",
+    "%aml_score fresh --df X --into local_scored --limit 3",
+    "%aml_score fresh --df X --engine spark --into scored --limit 3",
     """
-)
+import warnings
+assert (local_scored["prediction"].to_numpy() == model.predict(X)).all()
+assert (scored.toPandas()["prediction"].to_numpy() == model.predict(X)).all()
+print("PYTHON-EXEC", scored.sparkSession.sparkContext.pythonExec)
+print("DRIVER", scored.sparkSession.sparkContext.getConf().get("spark.driver.host"))
+warnings.warn("the user's own warning")
+""",
+    "scored.sparkSession.stop()",
+]
 
 
-def test_fresh_kernel_starts_a_local_session_whose_workers_use_its_interpreter(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "MLFLOW_TRACKING"))}
-    env["PATH"] = "/usr/bin:/bin"  # a `python3` without pandas: the workers must not pick it
-    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    script = tmp_path / "fresh_kernel.py"
-    script.write_text(_FRESH_KERNEL)
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "on a new local Spark session (master local[*])" in done.stdout
-    assert f"PYTHON-EXEC {sys.executable}" in done.stdout
+def _cell_text(cell) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", ""))
+        parts.append(str(output.get("data", {}).get("text/plain", "")))
+        parts.append(output.get("evalue", ""))
+    return "\n".join(parts)
+
+
+def test_fresh_kernel_scores_in_process_then_starts_a_quiet_loopback_local_session(tmp_path, monkeypatch):
+    """A real kernel (nbclient): what the user sees under each cell, as the issue reported it."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    for variable in [v for v in os.environ if v.startswith(("PYSPARK_", "SPARK_", "MLFLOW_TRACKING"))]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a `python3` without pandas: the workers must not pick it
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in _FRESH_CELLS])
+    NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    texts = [_cell_text(cell) for cell in notebook.cells]
+    local, spark_cell, checks = texts[1], texts[2], texts[3]
+    assert "on the kernel (local engine)" in local and "prediction" in local
+    assert "on a new local Spark session (master local[*]" in spark_cell
+    for text in (local, spark_cell):
+        for noise in ("WARN", "INFO", "Warning", "log4j", "SPARK_LOCAL_IP", "NativeCodeLoader", "setLogLevel"):
+            assert noise not in text, f"{noise!r} in the cell output:\n{text}"
+    assert f"PYTHON-EXEC {sys.executable}" in checks
+    assert "DRIVER 127.0.0.1" in checks
+    assert "UserWarning: the user's own warning" in checks
