@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .errors import ScoreError
 from .masking import first_line
 
-__all__ = ["is_kernel_data", "as_frame", "pandas_schema", "load_pyfunc", "score_frame", "LOCAL_RESULT_TYPES"]
+__all__ = ["is_kernel_data", "as_frame", "pandas_schema", "load_pyfunc", "model_inputs", "score_frame", "LOCAL_RESULT_TYPES"]
 
 CHUNK_ROWS = 250_000
 _CACHED_MODELS = 4
@@ -187,13 +187,14 @@ def model_inputs(plan, frame):
     return pd.DataFrame(data, index=frame.index)
 
 
-def score_frame(pyfunc, frame, plan, result_type: str | None, label: str, chunk_rows: int = CHUNK_ROWS, progress=None):
+def score_frame(pyfunc, frame, plan, result_type: str | None, label: str):
     """The predictions for every row of `frame` as one numpy array (or object array), chunk by chunk."""
     import numpy as np
 
     chunks = []
     total = len(frame)
-    bar = _Progress(label, total) if progress is None else progress
+    chunk_rows = CHUNK_ROWS
+    bar = _Progress(label, total)
     try:
         for start in range(0, max(total, 1), chunk_rows):
             part = frame.iloc[start : start + chunk_rows]

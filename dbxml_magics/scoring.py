@@ -169,7 +169,7 @@ def _choose_engine(request: ScoreRequest, value) -> str:
                 "drop --engine local, or bring it into the kernel with .toPandas() first."
             )
         if spark_only:
-            raise ScoreError(f"{' and '.join(spark_only)} need Spark; drop --engine local or {' and '.join(spark_only)}.")
+            raise ScoreError(f"--engine local cannot do {' and '.join(spark_only)} (Spark only); drop one of them.")
         return "local"
     if request.engine == "spark" or not in_kernel or spark_only:
         return "spark"
