@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from .model_ref import ModelRef, resolve_model
 from .quiet import captured
 from .session import ScoreRecord, Session
 from .spark_progress import JobProgress
-from .spark_session import SparkChoice, api_mode, describe_spark, is_spark_dataframe, resolve_spark
+from .spark_session import SparkChoice, api_mode, describe_spark, is_connect, is_spark_dataframe, resolve_spark
 from .userns import notebook_path
 
 __all__ = ["ScoreRequest", "ColumnPlan", "score_from_args", "plan_columns", "FORMATS"]
@@ -371,7 +372,7 @@ def _load_input(choice: SparkChoice, request: ScoreRequest, dataframe) -> _Input
         if is_spark_dataframe(dataframe):
             source = _Input(dataframe, f"DataFrame {request.df}")
         else:
-            source = _Input(spark.createDataFrame(dataframe), f"DataFrame {request.df} ({len(dataframe):,} pandas rows)")
+            source = _Input(_from_pandas(spark, dataframe), f"DataFrame {request.df} ({len(dataframe):,} pandas rows)")
     else:
         source = _Input(_read_path(spark, request.path, request.format), f"{request.format} files at {request.path}")
     if request.where:
@@ -382,6 +383,27 @@ def _load_input(choice: SparkChoice, request: ScoreRequest, dataframe) -> _Input
             raise ScoreError(f"--where {request.where!r} is not a valid filter on {source.description}: {_spark_message(exc)}") from None
         source.description += f" where {request.where}"
     return source
+
+
+_ARROW = "spark.sql.execution.arrow.pyspark.enabled"
+
+
+def _from_pandas(spark, frame):
+    """A Spark DataFrame of `frame`, sent through Arrow (row by row, a million rows take minutes).
+
+    Classic sessions leave Arrow off by default; it is switched on for this conversion only.
+    """
+    if is_connect(spark):
+        return spark.createDataFrame(frame)
+    previous = spark.conf.get(_ARROW, None)
+    spark.conf.set(_ARROW, "true")
+    try:
+        return spark.createDataFrame(frame)
+    finally:
+        if previous is None:
+            spark.conf.unset(_ARROW)
+        else:
+            spark.conf.set(_ARROW, previous)
 
 
 def _read_path(spark, path: str, fmt: str):
@@ -543,6 +565,13 @@ class _QuietLocalEnvWarning(logging.Filter):
         return 'env_manager="local"' not in record.getMessage()
 
 
+# (session, model URI, result type) -> the UDF: spark_udf downloads the model's files and
+# reads its metadata on every call; a pinned version's files do not change, so a warm
+# session reuses the UDF (and the files it points the workers at) instead.
+_udfs: "OrderedDict[tuple, Any]" = OrderedDict()
+_CACHED_UDFS = 8
+
+
 def _build_udf(choice: SparkChoice, model: ModelRef, result_type):
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -550,15 +579,32 @@ def _build_udf(choice: SparkChoice, model: ModelRef, result_type):
     # Classic Spark: the driver downloads the model through this kernel's registry. Spark
     # Connect: each server-side worker downloads it, and only knows the tracking URI.
     uri = model.artifact_uri if choice.connect and model.artifact_uri else model.uri
+    pinned = model.version is not None or uri.startswith("runs:/")
+    key = (id(choice.spark), _session_token(choice.spark), mlflow.get_registry_uri(), uri, repr(result_type))
+    if pinned and key in _udfs:
+        _udfs.move_to_end(key)
+        return _udfs[key]
     logger = logging.getLogger("mlflow.pyfunc")
     quiet = _QuietLocalEnvWarning()
     logger.addFilter(quiet)
     try:
-        return mlflow.pyfunc.spark_udf(choice.spark, uri, result_type=result_type, env_manager="local")
+        udf = mlflow.pyfunc.spark_udf(choice.spark, uri, result_type=result_type, env_manager="local")
     except MlflowException as exc:
         raise ScoreError(f"Cannot score with {model.label}: {first_line(exc)}") from None
     finally:
         logger.removeFilter(quiet)
+    if pinned:
+        _udfs[key] = udf
+        while len(_udfs) > _CACHED_UDFS:
+            _udfs.popitem(last=False)
+    return udf
+
+
+def _session_token(spark):
+    """What tells a restarted session from the one a cached UDF was built for (ids are reused)."""
+    if is_connect(spark):
+        return getattr(spark, "session_id", None)
+    return spark.sparkContext.applicationId
 
 
 # ---------------------------------------------------------------------- output
