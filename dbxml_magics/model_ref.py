@@ -99,8 +99,10 @@ _pinned_details: dict[tuple[str, str, str], tuple[Any, str]] = {}
 
 
 def _pinned(client, store: str, requested: str, name: str, model_version) -> ModelRef:
+    import mlflow
+
     uri = f"models:/{name}/{model_version.version}"
-    key = (client._registry_uri, name, str(model_version.version))
+    key = (mlflow.get_registry_uri(), name, str(model_version.version))
     if key not in _pinned_details:
         signature = _signature(uri)
         try:
