@@ -244,6 +244,8 @@ def _dry_run(user_ns: dict, request: ScoreRequest, model: ModelRef, value, engin
     sample = None
     if value is not None and not is_spark_dataframe(value):
         frame, description = _kernel_frame(request, model, value, filtered=engine == "local")
+        if request.where and engine == "spark":
+            description += f" where {request.where} (a Spark SQL filter: not applied to the sample)"
         plan = plan_columns(model, pandas_schema(frame), request, description)
         session_text = LOCAL_ENGINE if engine == "local" else describe_spark(user_ns, request.remote)
         head = frame.head(5)

@@ -485,15 +485,34 @@ def test_library_chatter_is_held_back_unless_verbose(scoring, shell, spark, regi
     import warnings
 
     table = _view(spark, _iris())
+    shell.user_ns["frame"] = _iris()
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        shell.run_line_magic("aml_score", f"iris-clf --table {table} --limit 0 --into scored")
-        quiet = capsys.readouterr()
-        shell.run_line_magic("aml_score", f"iris-clf --table {table} --limit 0 --into scored -v")
-        verbose = capsys.readouterr()
-    for text in (quiet.out, quiet.err, verbose.out):
+        shell.run_line_magic("aml_score", f"models:/iris-clf/2 --table {table} --limit 0 --into scored")
+        shell.run_line_magic("aml_score", "models:/iris-clf/2 --df frame --limit 0 --into scored")
+    quiet = capsys.readouterr()
+    for text in (quiet.out, quiet.err):
         assert " INFO " not in text and "Warning" not in text
-    assert "dbxml -v: " in verbose.err
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_captured_holds_library_lines_and_warnings_and_reissues_the_users(verbose, capsys):
+    import logging
+    import warnings
+
+    from dbxml_magics.quiet import captured
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with captured(verbose):
+            logging.getLogger("mlflow.models.flavor_backend_registry").info("library line")
+            warnings.warn_explicit("library warning", UserWarning, str(Path(mlflow.__file__).parent / "x.py"), 1)
+            warnings.warn("the user's warning")
+    err = capsys.readouterr().err
+    assert [str(w.message) for w in seen] == ["the user's warning"]
+    assert ("dbxml -v: " in err and "library line" in err and "UserWarning: library warning" in err) == verbose
+    assert verbose or err == ""
+    assert logging.getLogger("mlflow").handlers  # MLflow's own handler is back
 
 
 # ---------------------------------------------------------------------- progress
