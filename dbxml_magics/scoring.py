@@ -1,4 +1,4 @@
-"""%aml_score: batch-score a Spark table, DataFrame or files with an MLflow model.
+"""%aml_score: score kernel data in the kernel, or a Spark table, DataFrame or files on Spark, with an MLflow model.
 
 The path a user would write by hand (`mlflow.pyfunc.spark_udf`, read, `withColumn`,
 display), with what the hand-written version lacks: the model reference is resolved and
