@@ -188,16 +188,19 @@ class DbxmlMagics(Settings, Magics):
     @argument("--columns", nargs="+", default=None, help="Input columns (default: the model signature's inputs).")
     @argument("--output-col", default="prediction", help="Name of the prediction column.")
     @argument("--result-type", default=None, help="Spark type of the prediction (default: from the signature).")
-    @argument("--into", default=None, metavar="VAR", help="Variable receiving the scored Spark DataFrame.")
+    @argument("--into", default=None, metavar="VAR", help="Variable receiving the scored DataFrame (pandas for kernel data).")
     @argument("--save-as", default=None, metavar="TABLE", help="Save the result as a table.")
     @argument("--save-path", default=None, help="Save the result as files.")
     @argument("--remote", default=None, metavar="sc://host:port", help="Spark Connect server to use.")
     @argument("--log-run", action="store_true", help="Log the scoring as an MLflow run with its lineage.")
     @argument("--limit", type=int, default=10, help="Rows in the preview (0: none).")
+    @argument("--engine", default="auto", help="auto (kernel data in the kernel, the rest on Spark), local, or spark.")
+    @argument("--dry-run", action="store_true", help="Print the plan and score 5 rows in the kernel; no Spark job.")
+    @argument("-v", "--verbose", action="store_true", help="Also show MLflow's log lines and warnings about the magic's calls.")
     @line_magic
     @_user_errors
     def aml_score(self, line):
-        """Batch-score a Spark table or DataFrame with a registered model."""
+        """Score a pandas frame in the kernel, or a Spark table, DataFrame or files on Spark, with a registered model."""
         from .scoring import score_from_args
 
         args = _parse(self.aml_score, line)

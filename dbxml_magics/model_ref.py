@@ -93,13 +93,24 @@ def _registered(client, store: str, requested: str, name: str, version) -> Model
     return _pinned(client, store, requested, name, model_version)
 
 
+# (registry URI, name, version) -> (signature, artifact URI): a registered version's files
+# never change, so repeated scorings with it skip reading its MLmodel and location again.
+_pinned_details: dict[tuple[str, str, str], tuple[Any, str]] = {}
+
+
 def _pinned(client, store: str, requested: str, name: str, model_version) -> ModelRef:
+    import mlflow
+
     uri = f"models:/{name}/{model_version.version}"
-    signature = _signature(uri)
-    try:
-        artifact_uri = client.get_model_version_download_uri(name, model_version.version)
-    except Exception as exc:  # noqa: BLE001
-        raise _unreachable(store, exc) from None
+    key = (mlflow.get_registry_uri(), name, str(model_version.version))
+    if key not in _pinned_details:
+        signature = _signature(uri)
+        try:
+            artifact_uri = client.get_model_version_download_uri(name, model_version.version)
+        except Exception as exc:  # noqa: BLE001
+            raise _unreachable(store, exc) from None
+        _pinned_details[key] = (signature, artifact_uri)
+    signature, artifact_uri = _pinned_details[key]
     return ModelRef(
         requested=requested,
         uri=uri,

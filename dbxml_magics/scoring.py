@@ -1,4 +1,4 @@
-"""%aml_score: batch-score a Spark table, DataFrame or files with an MLflow model.
+"""%aml_score: score kernel data in the kernel, or a Spark table, DataFrame or files on Spark, with an MLflow model.
 
 The path a user would write by hand (`mlflow.pyfunc.spark_udf`, read, `withColumn`,
 display), with what the hand-written version lacks: the model reference is resolved and
@@ -12,23 +12,28 @@ the model (registry metadata only), pick the Spark session, read the input's sch
 """
 
 import logging
+import os
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ScoreError
+from .local_scoring import LOCAL_RESULT_TYPES, as_frame, is_kernel_data, load_pyfunc, pandas_schema, score_frame
 from .masking import first_line, redact
 from .experiments import use_experiment
 from .model_ref import ModelRef, resolve_model
+from .quiet import captured
 from .session import ScoreRecord, Session
 from .spark_progress import JobProgress
-from .spark_session import SparkChoice, api_mode, is_spark_dataframe, resolve_spark
+from .spark_session import SparkChoice, api_mode, describe_spark, is_connect, is_spark_dataframe, resolve_spark
 from .userns import notebook_path
 
 __all__ = ["ScoreRequest", "ColumnPlan", "score_from_args", "plan_columns", "FORMATS"]
 
 FORMATS = ("parquet", "csv", "json", "delta")
+ENGINES = ("auto", "local", "spark")
 
 # MLflow column type -> (Spark types that convert without loss of meaning, type to cast to).
 # Mirrors what MLflow's own schema enforcement accepts, plus integer -> double, which it
@@ -64,6 +69,9 @@ class ScoreRequest:
     remote: str | None = None
     log_run: bool = False
     limit: int = 10
+    engine: str = "auto"
+    dry_run: bool = False
+    verbose: bool = False
 
     @classmethod
     def from_args(cls, args) -> "ScoreRequest":
@@ -90,6 +98,8 @@ class ScoreRequest:
             raise ScoreError("--into spark would replace the notebook's Spark session; choose another variable name.")
         if not self.output_col or not self.output_col.strip():
             raise ScoreError("--output-col needs a column name.")
+        if self.engine not in ENGINES:
+            raise ScoreError(f"--engine must be one of {', '.join(ENGINES)}; got {self.engine!r}.")
         if self.limit is None or self.limit < 0:
             raise ScoreError(f"--limit must be 0 or more rows; got {self.limit}.")
 
@@ -136,12 +146,44 @@ class _Input:
 def score_from_args(session: Session, user_ns: dict, args):
     """Run %aml_score; returns the scored DataFrame unless --into names a variable for it."""
     request = ScoreRequest.from_args(args)
-    dataframe = _lookup_dataframe(user_ns, request.df) if request.df else None
-    model = resolve_model(session, request.model)
-    choice = resolve_spark(user_ns, request.remote, dataframe if is_spark_dataframe(dataframe) else None)
+    value = _lookup_input(user_ns, request.df) if request.df else None
+    engine = _choose_engine(request, value)
+    import mlflow  # noqa: F401 - MLflow configures its loggers on import; they are captured from here on
+
+    with captured(request.verbose):
+        model = resolve_model(session, request.model)
+        if request.dry_run:
+            return _dry_run(user_ns, request, model, value, engine)
+        if engine == "local":
+            return _score_locally(session, user_ns, request, model, value)
+        return _score_on_spark(session, user_ns, request, model, value)
+
+
+def _choose_engine(request: ScoreRequest, value) -> str:
+    """`auto`: data held by the kernel is scored in it, unless only Spark can do what is asked."""
+    in_kernel = value is not None and not is_spark_dataframe(value)
+    spark_only = [option for option, given in (("--save-as", request.save_as), ("--remote", request.remote)) if given]
+    if request.engine == "local":
+        if not in_kernel:
+            raise ScoreError(
+                f"--engine local scores data held in the kernel (pandas, numpy, records); {request.input_text} is in Spark: "
+                "drop --engine local, or bring it into the kernel with .toPandas() first."
+            )
+        if spark_only:
+            raise ScoreError(f"--engine local cannot do {' and '.join(spark_only)} (Spark only); drop one of them.")
+        return "local"
+    if request.engine == "spark" or not in_kernel or spark_only:
+        return "spark"
+    return "local"
+
+
+def _score_on_spark(session: Session, user_ns: dict, request: ScoreRequest, model: ModelRef, value):
+    if value is not None and not is_spark_dataframe(value):
+        value = as_frame(value, request.df, _input_names(model))
+    choice = resolve_spark(user_ns, request.remote, value if is_spark_dataframe(value) else None)
     spark = choice.spark
     with api_mode(spark):
-        source = _load_input(choice, request, dataframe)
+        source = _load_input(choice, request, value)
         schema = source.df.schema
         plan = plan_columns(model, schema, request, source.description)
         result_type = _parse_result_type(request.result_type) or _scalar_result_type(model)
@@ -153,13 +195,123 @@ def score_from_args(session: Session, user_ns: dict, args):
             result, rows, outputs = _materialize(spark, scored, request)
         seconds = time.monotonic() - started
         preview = result.limit(request.limit).toPandas() if request.limit else None
+    return _finish(session, user_ns, request, model, result, rows, seconds, source.description, outputs, preview, choice.description)
+
+
+def _score_locally(session: Session, user_ns: dict, request: ScoreRequest, model: ModelRef, value):
+    frame, description = _kernel_frame(request, model, value, filtered=True)
+    plan = plan_columns(model, pandas_schema(frame), request, description)
+    result_type = _local_result_type(request.result_type)
+    if request.save_path and os.path.exists(request.save_path):
+        raise ScoreError(f"Path {request.save_path} already exists. Choose a new --save-as / --save-path.")
+    pyfunc = load_pyfunc(model)
+    started = time.monotonic()
+    values = score_frame(pyfunc, frame, plan, result_type, f"scoring {description} with {model.label}")
+    result = frame.assign(**{request.output_col: values})
+    seconds = time.monotonic() - started
+    outputs = []
+    if request.save_path:
+        result.to_parquet(request.save_path)
+        outputs.append(f"parquet at {request.save_path}")
+    # Without --into the frame is the cell's value, and IPython shows it: no second preview.
+    preview = result.head(request.limit) if request.limit and request.into else None
+    return _finish(session, user_ns, request, model, result, len(result), seconds, description, outputs, preview, LOCAL_ENGINE)
+
+
+LOCAL_ENGINE = "the kernel (local engine)"
+
+
+def _input_names(model: ModelRef) -> list[str] | None:
+    inputs = model.signature.inputs if model.signature is not None else None
+    return inputs.input_names() if inputs is not None and inputs.has_input_names() else None
+
+
+def _local_result_type(text: str | None) -> str | None:
+    if not text:
+        return None
+    name = text.strip().lower()
+    if name not in LOCAL_RESULT_TYPES:
+        raise ScoreError(
+            f"--result-type {text!r} has no in-kernel equivalent; on the local engine use one of "
+            f"{', '.join(LOCAL_RESULT_TYPES)}, or score on Spark with --engine spark."
+        )
+    return name
+
+
+# ---------------------------------------------------------------------- --dry-run
+def _dry_run(user_ns: dict, request: ScoreRequest, model: ModelRef, value, engine: str) -> None:
+    """Print the plan and score 5 rows of kernel data in the kernel; no Spark job is run."""
+    sample = None
+    if value is not None and not is_spark_dataframe(value):
+        frame, description = _kernel_frame(request, model, value, filtered=engine == "local")
+        if request.where and engine == "spark":
+            description += f" where {request.where} (a Spark SQL filter: not applied to the sample)"
+        plan = plan_columns(model, pandas_schema(frame), request, description)
+        session_text = LOCAL_ENGINE if engine == "local" else describe_spark(user_ns, request.remote)
+        head = frame.head(5)
+        values = score_frame(load_pyfunc(model), head, plan, _local_result_type(request.result_type) if engine == "local" else None, "sample")
+        sample = head.assign(**{request.output_col: values})
+        output_type = request.result_type if engine == "spark" and request.result_type else str(values.dtype)
+        if engine == "spark" and not request.result_type:
+            output_type = _spark_output_type(model)
+        fields = {f.name: f.dataType for f in pandas_schema(frame).fields}
+    else:
+        # Spark data: its schema comes from analysis (no job); reading rows to sample would be one.
+        choice = resolve_spark(user_ns, request.remote, value if is_spark_dataframe(value) else None)
+        session_text = choice.description
+        with api_mode(choice.spark):
+            source = _load_input(choice, request, value)
+            schema = source.df.schema
+            description = source.description
+            plan = plan_columns(model, schema, request, description)
+            output_type = request.result_type or _spark_output_type(model)
+        fields = {f.name: f.dataType for f in schema.fields}
+    run = f", from run {model.source_run_id}" if model.source_run_id else ""
+    lines = [
+        "Plan for %aml_score (dry run: nothing is scored on Spark, nothing is saved or recorded):",
+        f"  model:   {model.label} ({model.uri}{run})",
+        f"  engine:  {engine}",
+        f"  session: {session_text}",
+        f"  input:   {description}",
+        "  columns: " + "; ".join(_mapping(plan, fields)),
+        f"  output:  column {request.output_col!r}, type {output_type}"
+        + (f", into variable {request.into}" if request.into else ""),
+    ]
+    if sample is None:
+        lines.append("  sample:  none (reading rows of Spark data would run a Spark job; run without --dry-run)")
+    else:
+        lines.append(f"  sample:  the first {len(sample)} rows scored in the kernel:")
+    print("\n".join(lines))
+    if sample is not None:
+        from IPython.display import display
+
+        display(sample)
+    return None
+
+
+def _mapping(plan: "ColumnPlan", fields: dict) -> list[str]:
+    parts = []
+    for name, column, cast in zip(plan.model_inputs, plan.columns, plan.casts):
+        if column is None:
+            parts.append(f"(absent) -> {name} (optional, null)")
+            continue
+        cast_text = f" (cast to {cast})" if cast else ""
+        parts.append(f"{column} {fields[column].simpleString()} -> {name or column}{cast_text}")
+    return parts
+
+
+def _spark_output_type(model: ModelRef) -> str:
+    scalar = _scalar_result_type(model)
+    return scalar.simpleString() if scalar is not None else "double (spark_udf's default)"
+
+
+def _finish(session, user_ns, request, model, result, rows, seconds, description, outputs, preview, engine_text):
+    """Assign, report, preview, record and (with --log-run) log one scoring; the same on both engines."""
     if request.into:
         user_ns[request.into] = result
         outputs.insert(0, f"variable {request.into}")
-    print(
-        f"Scored {rows:,} rows of {source.description} with {model.label} in {seconds:.1f} s "
-        f"on {choice.description}; output: {', '.join(outputs)}."
-    )
+    shown = ", ".join(outputs) if outputs else "returned"
+    print(f"Scored {rows:,} rows of {description} with {model.label} in {seconds:.1f} s on {engine_text}; output: {shown}.")
     if preview is not None:
         from IPython.display import display
 
@@ -167,31 +319,46 @@ def score_from_args(session: Session, user_ns: dict, args):
     record = ScoreRecord(
         model_uri=model.uri,
         model_version=model.version,
-        input=source.description,
+        input=description,
         rows=rows,
         seconds=seconds,
-        output=", ".join(outputs),
+        output=shown,
     )
     if request.log_run:
-        record.run_id = _log_run(session, model, record, choice)
+        record.run_id = _log_run(session, model, record, engine_text)
         print(f"Logged scoring run {record.run_id}.")
     session.add_scoring(record)
     return None if request.into else result
 
 
 # ---------------------------------------------------------------------- input
-def _lookup_dataframe(user_ns: dict, name: str):
+_DF_KINDS = "a Spark or pandas DataFrame, a 2-D numpy array, or a list of records (dicts)"
+
+
+def _lookup_input(user_ns: dict, name: str):
     if name not in user_ns:
-        raise ScoreError(f"No variable {name!r} in the notebook; --df expects a Spark or pandas DataFrame variable.")
+        raise ScoreError(f"No variable {name!r} in the notebook; --df expects {_DF_KINDS}.")
     value = user_ns[name]
-    if is_spark_dataframe(value) or _is_pandas(value):
+    if is_spark_dataframe(value) or is_kernel_data(value):
         return value
-    raise ScoreError(f"--df {name} is a {type(value).__name__}, not a Spark or pandas DataFrame.")
+    raise ScoreError(f"--df {name} is a {type(value).__name__}, not {_DF_KINDS}.")
 
 
-def _is_pandas(value) -> bool:
-    pandas = sys.modules.get("pandas")
-    return pandas is not None and isinstance(value, pandas.DataFrame)
+def _kernel_frame(request: ScoreRequest, model: ModelRef, value, filtered: bool):
+    """Kernel data as a pandas DataFrame and its description; `filtered`: --where applied (pandas query)."""
+    frame = as_frame(value, request.df, _input_names(model))
+    kind = "pandas rows" if value is frame else ("array rows" if type(value).__module__ == "numpy" else "records")
+    description = f"DataFrame {request.df} ({len(frame):,} {kind})"
+    if request.where and filtered:
+        try:
+            frame = frame.query(request.where)
+        except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad expression
+            raise ScoreError(
+                f"--where {request.where!r} is not a valid filter on {description}: {first_line(exc)} "
+                "(on the local engine --where is a pandas query expression, as DataFrame.query takes)."
+            ) from None
+        description += f" where {request.where}"
+    return frame, description
 
 
 def _load_input(choice: SparkChoice, request: ScoreRequest, dataframe) -> _Input:
@@ -207,7 +374,7 @@ def _load_input(choice: SparkChoice, request: ScoreRequest, dataframe) -> _Input
         if is_spark_dataframe(dataframe):
             source = _Input(dataframe, f"DataFrame {request.df}")
         else:
-            source = _Input(spark.createDataFrame(dataframe), f"DataFrame {request.df} ({len(dataframe):,} pandas rows)")
+            source = _Input(_from_pandas(spark, dataframe), f"DataFrame {request.df} ({len(dataframe):,} pandas rows)")
     else:
         source = _Input(_read_path(spark, request.path, request.format), f"{request.format} files at {request.path}")
     if request.where:
@@ -218,6 +385,27 @@ def _load_input(choice: SparkChoice, request: ScoreRequest, dataframe) -> _Input
             raise ScoreError(f"--where {request.where!r} is not a valid filter on {source.description}: {_spark_message(exc)}") from None
         source.description += f" where {request.where}"
     return source
+
+
+_ARROW = "spark.sql.execution.arrow.pyspark.enabled"
+
+
+def _from_pandas(spark, frame):
+    """A Spark DataFrame of `frame`, sent through Arrow (row by row, a million rows take minutes).
+
+    Classic sessions leave Arrow off by default; it is switched on for this conversion only.
+    """
+    if is_connect(spark):
+        return spark.createDataFrame(frame)
+    previous = spark.conf.get(_ARROW, None)
+    spark.conf.set(_ARROW, "true")
+    try:
+        return spark.createDataFrame(frame)
+    finally:
+        if previous is None:
+            spark.conf.unset(_ARROW)
+        else:
+            spark.conf.set(_ARROW, previous)
 
 
 def _read_path(spark, path: str, fmt: str):
@@ -379,6 +567,13 @@ class _QuietLocalEnvWarning(logging.Filter):
         return 'env_manager="local"' not in record.getMessage()
 
 
+# (session, model URI, result type) -> the UDF: spark_udf downloads the model's files and
+# reads its metadata on every call; a pinned version's files do not change, so a warm
+# session reuses the UDF (and the files it points the workers at) instead.
+_udfs: "OrderedDict[tuple, Any]" = OrderedDict()
+_CACHED_UDFS = 8
+
+
 def _build_udf(choice: SparkChoice, model: ModelRef, result_type):
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -386,15 +581,32 @@ def _build_udf(choice: SparkChoice, model: ModelRef, result_type):
     # Classic Spark: the driver downloads the model through this kernel's registry. Spark
     # Connect: each server-side worker downloads it, and only knows the tracking URI.
     uri = model.artifact_uri if choice.connect and model.artifact_uri else model.uri
+    pinned = model.version is not None or uri.startswith("runs:/")
+    key = (id(choice.spark), _session_token(choice.spark), mlflow.get_registry_uri(), uri, repr(result_type))
+    if pinned and key in _udfs:
+        _udfs.move_to_end(key)
+        return _udfs[key]
     logger = logging.getLogger("mlflow.pyfunc")
     quiet = _QuietLocalEnvWarning()
     logger.addFilter(quiet)
     try:
-        return mlflow.pyfunc.spark_udf(choice.spark, uri, result_type=result_type, env_manager="local")
+        udf = mlflow.pyfunc.spark_udf(choice.spark, uri, result_type=result_type, env_manager="local")
     except MlflowException as exc:
         raise ScoreError(f"Cannot score with {model.label}: {first_line(exc)}") from None
     finally:
         logger.removeFilter(quiet)
+    if pinned:
+        _udfs[key] = udf
+        while len(_udfs) > _CACHED_UDFS:
+            _udfs.popitem(last=False)
+    return udf
+
+
+def _session_token(spark):
+    """What tells a restarted session from the one a cached UDF was built for (ids are reused)."""
+    if is_connect(spark):
+        return getattr(spark, "session_id", None)
+    return spark.sparkContext.applicationId
 
 
 # ---------------------------------------------------------------------- output
@@ -437,7 +649,7 @@ def _materialize(spark, scored, request: ScoreRequest):
 
 
 # ---------------------------------------------------------------------- lineage
-def _log_run(session: Session, model: ModelRef, record: ScoreRecord, choice: SparkChoice) -> str:
+def _log_run(session: Session, model: ModelRef, record: ScoreRecord, engine_text: str) -> str:
     """A run of its own for the scoring: which model version scored which input, how many rows."""
     import mlflow
 
@@ -449,7 +661,7 @@ def _log_run(session: Session, model: ModelRef, record: ScoreRecord, choice: Spa
         "mlflow.source.name": notebook_path(session.namespace),
         "mlflow.source.type": "NOTEBOOK",
         "dbxml.score.model_uri": model.uri,
-        "dbxml.score.spark": choice.description,
+        "dbxml.score.engine": engine_text,
     }
     if model.source_run_id:
         tags["dbxml.score.model_run_id"] = model.source_run_id

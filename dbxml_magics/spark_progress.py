@@ -29,14 +29,13 @@ class Snapshot:
     done_stages: int
     total_stages: int
     elapsed: float
+    unit: str = "tasks"  # the local engine counts rows, in no stages
 
     def text(self) -> str:
         if not self.total_tasks:
             return f"running, {self.elapsed:.0f} s"
-        return (
-            f"{self.done_tasks}/{self.total_tasks} tasks, "
-            f"{self.done_stages}/{self.total_stages} stages, {self.elapsed:.0f} s"
-        )
+        stages = f"{self.done_stages}/{self.total_stages} stages, " if self.total_stages else ""
+        return f"{self.done_tasks:,}/{self.total_tasks:,} {self.unit}, {stages}{self.elapsed:.0f} s"
 
 
 class TextView:

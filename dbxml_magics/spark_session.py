@@ -16,6 +16,7 @@ block, so both kinds work side by side in one kernel.
 import os
 import socket
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from .masking import first_line
 __all__ = [
     "SparkChoice",
     "resolve_spark",
+    "describe_spark",
     "is_connect",
     "is_spark_dataframe",
     "api_mode",
@@ -127,6 +129,22 @@ def resolve_spark(namespace: dict, remote: str | None = None, dataframe=None) ->
     return _local_session()
 
 
+def describe_spark(namespace: dict, remote: str | None = None) -> str:
+    """Which session resolve_spark would use, in its words, without starting or contacting one."""
+    if remote:
+        return f"Spark Connect {connect_url_display(remote)} (not contacted by --dry-run)"
+    spark = namespace.get("spark")
+    if spark is not None and is_spark_session(spark) and not _stopped(spark):
+        return f"the notebook's `spark` ({_describe(spark)})"
+    if "pyspark" in sys.modules:
+        active = _active_session()
+        if active is not None:
+            return f"the active Spark session ({_describe(active)})"
+    if os.environ.get("SPARK_REMOTE", "").startswith("sc://"):
+        return f"Spark Connect {connect_url_display(os.environ['SPARK_REMOTE'])} (not contacted by --dry-run)"
+    return "a new local Spark session (not started by --dry-run)"
+
+
 def _dataframe_session(dataframe, remote: str | None) -> SparkChoice:
     spark = dataframe.sparkSession
     if remote:
@@ -210,35 +228,60 @@ def _classic_mode():
 
 
 def _local_session() -> SparkChoice:
-    """A new local session; its Python workers must run this kernel's interpreter.
+    """A new local session bound to 127.0.0.1, its JVM's console output kept out of the cell.
 
     pyspark reads PYSPARK_PYTHON once, when the SparkContext starts; without it the
     workers run whatever `python3` is on PATH, which usually lacks pandas and MLflow.
+    The JVM inherits the kernel's stderr, which ipykernel forwards into the cell: every
+    log4j line (the loopback-hostname WARN, NativeCodeLoader, log level banners) and the
+    JVM's own warnings would land under the magic. The JVM is therefore launched here with
+    its stdout and stderr in a log file; Spark's errors still reach Python as exceptions.
+    SPARK_LOCAL_IP keeps spark-submit from picking a non-loopback interface before the
+    driver settings are even read.
     """
+    import logging
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession
 
-    saved = os.environ.get("PYSPARK_PYTHON")
+    # py4j logs each connection it closes at INFO; a notebook with INFO logging would show them.
+    py4j = logging.getLogger("py4j")
+    if py4j.level == logging.NOTSET:
+        py4j.setLevel(logging.WARNING)
+    conf = (
+        SparkConf()
+        .setMaster("local[*]")
+        .setAppName("dbxml-magics")
+        .set("spark.driver.host", "127.0.0.1")
+        .set("spark.driver.bindAddress", "127.0.0.1")
+        # Progress is shown in the notebook; the console bar would only reach the log.
+        .set("spark.ui.showConsoleProgress", "false")
+    )
+    log_path = os.path.join(tempfile.gettempdir(), f"dbxml-magics-spark-{os.getpid()}.log")
+    saved = {name: os.environ.get(name) for name in ("PYSPARK_PYTHON", "SPARK_LOCAL_IP")}
     os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     try:
         with _classic_mode():
-            spark = (
-                SparkSession.builder.master("local[*]")
-                .appName("dbxml-magics")
-                .config("spark.driver.host", "127.0.0.1")
-                .config("spark.driver.bindAddress", "127.0.0.1")
-                # Progress is shown in the notebook; the console bar would only reach the kernel log.
-                .config("spark.ui.showConsoleProgress", "false")
-                .getOrCreate()
-            )
+            if SparkContext._gateway is None:  # no JVM yet in this process: start it quietly
+                with open(log_path, "ab") as log:
+                    gateway = launch_gateway(conf, popen_kwargs={"stdout": log, "stderr": log})
+                spark = SparkSession(SparkContext(conf=conf, gateway=gateway))
+            else:
+                spark = SparkSession.builder.config(conf=conf).getOrCreate()
     except Exception as exc:  # noqa: BLE001 - a JVM that does not start is one line
-        raise ScoreError(f"Could not start a local Spark session: {first_line(exc)}. Is Java 17+ installed?") from None
+        raise ScoreError(
+            f"Could not start a local Spark session: {first_line(exc)}. Is Java 17+ installed? (JVM log: {log_path})"
+        ) from None
     finally:
-        if saved is None:
-            os.environ.pop("PYSPARK_PYTHON", None)
-        else:
-            os.environ["PYSPARK_PYTHON"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     spark.sparkContext.setLogLevel("ERROR")
-    return SparkChoice(spark, "local", f"a new local Spark session ({_describe(spark)})")
+    return SparkChoice(spark, "local", f"a new local Spark session ({_describe(spark)}; JVM log {log_path})")
 
 
 def _stopped(spark) -> bool:

@@ -47,6 +47,11 @@ def test_example_runs(notebook_path, tmp_path):
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert errors == []
     assert "Traceback" not in outputs_text(notebook)
+    # Spark's and MLflow's start-up chatter stays out of the cells of %aml_score (it went to a log).
+    scoring_cells = [c for c in notebook.cells if c.cell_type == "code" and "%aml_score" in c.source]
+    text = outputs_text(nbformat.from_dict({"cells": scoring_cells}))
+    noisy = [line for line in text.splitlines() if " WARN " in line or " INFO " in line]
+    assert noisy == []
 
 
 READ_RUNS = """

@@ -5,11 +5,10 @@ the working directory's own store). Predictions are compared with the model's ow
 `predict` on the same rows; every bad input asserts its one-line message.
 """
 
+import contextlib
 import io
 import os
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -191,7 +190,7 @@ def test_pandas_input_with_column_mapping_filter_output_col_and_result_type(scor
 
     shell.run_line_magic(
         "aml_score",
-        'models:/iris-clf/1 --df measurements --columns a b c d --where "a > 5.0" --output-col label '
+        'models:/iris-clf/1 --df measurements --engine spark --columns a b c d --where "a > 5.0" --output-col label '
         "--result-type double --into scored --limit 0",
     )
 
@@ -294,7 +293,7 @@ def test_working_directory_store_is_the_default(ext, shell, spark, tmp_path):
 
     shell.run_line_magic("aml_score", "local-clf --df frame --into scored --limit 0")
 
-    np.testing.assert_array_equal(_scored(shell)["prediction"], model.predict(frame[FEATURES]))
+    np.testing.assert_array_equal(shell.user_ns["scored"]["prediction"], model.predict(frame[FEATURES]))
 
 
 # ---------------------------------------------------------------------- bad input
@@ -314,6 +313,13 @@ def bad_inputs_table(spark):
         ("iris-clf --table t --limit -1", "--limit must be 0 or more rows; got -1"),
         ("iris-clf --table t --into 1abc", "--into expects a variable name; '1abc' is not one"),
         ("iris-clf --table t --into spark", "--into spark would replace the notebook's Spark session"),
+        ("iris-clf --table t --engine fast", "--engine must be one of auto, local, spark; got 'fast'"),
+        ("iris-clf --table t --engine local", "--engine local scores data held in the kernel .* table t is in Spark"),
+        ("iris-clf --df frame --engine local --save-as t", "--engine local cannot do --save-as \\(Spark only\\)"),
+        ("iris-clf --df frame --where 'sepal_length >'", r"--where 'sepal_length >' is not a valid filter on DataFrame frame \(150 pandas rows\)"),
+        ("iris-clf --df frame --result-type 'array<double>'", "--result-type 'array<double>' has no in-kernel equivalent"),
+        ("iris-clf --df frame --dry-run --columns a b c d", "DataFrame frame .* does not fit model iris-clf v2: missing columns a \(for sepal_length\)"),
+        ("iris-clf --table {broken} --dry-run", r"table broken_\d+ does not fit model iris-clf v2"),
         ("iris-clff --table t", r"No registered model named 'iris-clff' in sqlite:///.*\. Did you mean 'iris-clf'\?"),
         ("models:/nosuch/1 --table t", "No registered model named 'nosuch'"),
         ("models:/iris-clf/7 --table t", r"Model 'iris-clf' has no version 7 in .* \(versions: 1, 2\)"),
@@ -346,29 +352,167 @@ def test_bad_input_is_one_line_and_runs_no_spark_job(scoring, shell, spark, regi
     from servers import free_port
 
     shell.user_ns["a_list"] = [1, 2]
+    shell.user_ns["frame"] = _iris()
     good = _view(spark, _iris())
     line = line.format(tmp=tmp_path, port=free_port(), good=good, broken=bad_inputs_table)
     if "--into" not in line:
         line += " --into never_assigned"
-    context = spark.sparkContext
-    probe = f"bad-input-probe-{time.monotonic_ns()}"
-    context.setJobGroup(probe, "jobs started by a rejected %aml_score")
-    try:
+    with _no_spark_job(spark):
         with pytest.raises(UsageError, match=message) as info:
             shell.run_line_magic("aml_score", line)
+    assert "\n" not in str(info.value)
+    assert "never_assigned" not in shell.user_ns
+
+
+@contextlib.contextmanager
+def _no_spark_job(spark):
+    """Fails unless the block ran no Spark job (the jobs of this thread's probe group are listed)."""
+    context = spark.sparkContext
+    probe = f"no-job-probe-{time.monotonic_ns()}"
+    context.setJobGroup(probe, "jobs started by a block that must run none")
+    try:
+        yield
         jobs = context.statusTracker().getJobIdsForGroup(probe)
         spark.range(3).count()  # the probe itself sees jobs: an empty answer above means something
         assert context.statusTracker().getJobIdsForGroup(probe)
     finally:
         context.setLocalProperty("spark.jobGroup.id", None)
-    assert "\n" not in str(info.value)
-    assert "never_assigned" not in shell.user_ns
     assert jobs == []
 
 
 def test_runs_uri_without_a_model_is_one_line(scoring, shell, registry):
     with pytest.raises(UsageError, match=f"No MLflow model at runs:/{registry.run_ids['v1']}/elsewhere"):
         shell.run_line_magic("aml_score", f"runs:/{registry.run_ids['v1']}/elsewhere --table t")
+
+
+# ---------------------------------------------------------------------- local engine and --dry-run
+def test_kernel_data_is_scored_in_the_kernel_with_the_spark_paths_checks_and_casts(scoring, shell, spark, registry, monkeypatch, capsys):
+    frame = _iris()
+    tenths = frame.rename(columns=dict(zip(FEATURES, ["a", "b", "c", "d"])))
+    tenths[["a", "b", "c", "d"]] = (tenths[["a", "b", "c", "d"]] * 10).round().astype("int32")
+    shell.user_ns["tenths"] = tenths
+    loads = []
+    original = mlflow.pyfunc.load_model
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda *a, **k: loads.append(a) or original(*a, **k))
+    line = 'models:/iris-clf/1 --df tenths --columns a b c d --where "a > 50" --output-col label --into scored'
+
+    with _no_spark_job(spark):
+        shell.run_line_magic("aml_score", line + " --limit 2 --log-run")
+        shell.run_line_magic("aml_score", line + " --limit 0 --result-type double")
+
+    assert len(loads) == 1  # the second call found the model of that pinned version loaded
+    result = shell.user_ns["scored"]
+    assert isinstance(result, pd.DataFrame) and result["label"].dtype == np.float64
+    kept = tenths[tenths["a"] > 50]
+    as_features = kept.rename(columns=dict(zip(["a", "b", "c", "d"], FEATURES))).astype({c: float for c in FEATURES})
+    np.testing.assert_array_equal(result["label"], registry.expected("models:/iris-clf/1", as_features).astype(float))
+    assert list(result.index) == list(kept.index)  # rows keep their index, as pandas users expect
+    first, second = scoring.scorings[-2:]
+    assert (second.model_uri, second.rows) == ("models:/iris-clf/1", len(kept))
+    assert second.input == f"DataFrame tenths (150 pandas rows) where a > 50"
+    out = capsys.readouterr().out
+    assert "on the kernel (local engine); output: variable scored." in out
+    run = mlflow.MlflowClient(tracking_uri=registry.uri).get_run(first.run_id)
+    assert run.data.tags["dbxml.score.engine"] == "the kernel (local engine)"
+    assert run.data.params["rows"] == str(len(kept)) and run.data.params["model_version"] == "1"
+
+
+def test_numpy_arrays_and_records_are_scored_as_frames(scoring, shell, registry):
+    frame = _iris()
+    shell.user_ns["array"] = frame[FEATURES].to_numpy()
+    shell.user_ns["records"] = frame[FEATURES].head(7).to_dict("records")
+
+    from_array = shell.run_line_magic("aml_score", "iris-clf@champion --df array --limit 0")
+    from_records = shell.run_line_magic("aml_score", "iris-clf@champion --df records --limit 0")
+
+    expected = registry.expected("models:/iris-clf/1", frame)
+    np.testing.assert_array_equal(from_array["prediction"], expected)
+    np.testing.assert_array_equal(from_records["prediction"], expected[:7])
+    assert list(from_array.columns) == [*FEATURES, "prediction"]
+    assert scoring.scorings[-1].input == "DataFrame records (7 records)"
+    shell.user_ns["narrow"] = frame[FEATURES[:3]].to_numpy()
+    with pytest.raises(UsageError, match="--df narrow has 3 columns but the model's named inputs are 4"):
+        shell.run_line_magic("aml_score", "iris-clf --df narrow")
+
+
+def test_large_frames_are_scored_in_chunks_with_progress(scoring, shell, registry, monkeypatch, capsys):
+    from dbxml_magics import local_scoring
+
+    monkeypatch.setattr(local_scoring, "CHUNK_ROWS", 50)  # 3 chunks of the slow model: 0.8 s each
+    shell.user_ns["frame"] = _iris()
+
+    scored = shell.run_line_magic("aml_score", "slow --df frame --limit 0")
+
+    err = capsys.readouterr().err
+    assert "dbxml: scoring DataFrame frame (150 pandas rows) with slow v1: 100/150 rows" in err
+    assert "dbxml: scoring DataFrame frame (150 pandas rows) with slow v1: done, 150/150 rows" in err
+    assert len(scored) == 150 and (scored["prediction"] == 1.0).all()
+
+
+def test_dry_run_of_kernel_data_prints_the_plan_and_a_sample_and_runs_nothing(scoring, shell, spark, registry, capsys):
+    whole = _iris()
+    whole[FEATURES] = (whole[FEATURES] * 10).round().astype("int32")
+    shell.user_ns["whole"] = whole
+    count = len(scoring.scorings)
+
+    with _no_spark_job(spark):
+        assert shell.run_line_magic("aml_score", "iris-clf@champion --df whole --into out --dry-run") is None
+        shell.run_line_magic("aml_score", "iris-clf@champion --df whole --engine spark --dry-run")
+
+    out = capsys.readouterr().out
+    local, on_spark = out.split("Plan for %aml_score")[1:]
+    assert "model:   iris-clf v1 (models:/iris-clf/1, from run " in local
+    assert "engine:  local" in local and "session: the kernel (local engine)" in local
+    assert "sepal_length int -> sepal_length (cast to double)" in local
+    assert "output:  column 'prediction', type int64, into variable out" in local
+    assert "the first 5 rows scored in the kernel" in local and "prediction" in local.split("sample:")[1]
+    assert "engine:  spark" in on_spark and "session: the active Spark session (master local[2])" in on_spark
+    assert "type bigint" in on_spark
+    assert "out" not in shell.user_ns and len(scoring.scorings) == count
+
+
+def test_dry_run_of_a_table_reads_its_schema_only(scoring, shell, spark, registry, capsys):
+    table = _view(spark, _iris())
+    with _no_spark_job(spark):
+        shell.run_line_magic("aml_score", f"iris-clf --table {table} --dry-run")
+    out = capsys.readouterr().out
+    assert f"input:   table {table}" in out and "engine:  spark" in out
+    assert "sepal_length double -> sepal_length;" in out
+    assert "sample:  none (reading rows of Spark data would run a Spark job" in out
+
+
+def test_library_chatter_is_held_back_unless_verbose(scoring, shell, spark, registry, capsys):
+    import warnings
+
+    table = _view(spark, _iris())
+    shell.user_ns["frame"] = _iris()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        shell.run_line_magic("aml_score", f"models:/iris-clf/2 --table {table} --limit 0 --into scored")
+        shell.run_line_magic("aml_score", "models:/iris-clf/2 --df frame --limit 0 --into scored")
+    quiet = capsys.readouterr()
+    for text in (quiet.out, quiet.err):
+        assert " INFO " not in text and "Warning" not in text
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_captured_holds_library_lines_and_warnings_and_reissues_the_users(verbose, capsys):
+    import logging
+    import warnings
+
+    from dbxml_magics.quiet import captured
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with captured(verbose):
+            logging.getLogger("mlflow.models.flavor_backend_registry").info("library line")
+            warnings.warn_explicit("library warning", UserWarning, str(Path(mlflow.__file__).parent / "x.py"), 1)
+            warnings.warn("the user's warning")
+    err = capsys.readouterr().err
+    assert [str(w.message) for w in seen] == ["the user's warning"]
+    assert ("dbxml -v: " in err and "library line" in err and "UserWarning: library warning" in err) == verbose
+    assert verbose or err == ""
+    assert logging.getLogger("mlflow").handlers  # MLflow's own handler is back
 
 
 # ---------------------------------------------------------------------- progress
@@ -483,45 +627,66 @@ def test_job_progress_on_spark_connect(spark_connect):
     assert "dbxml: remote: done, 4/4 tasks" in text
 
 
-# ---------------------------------------------------------------------- a fresh kernel process
-_FRESH_KERNEL = textwrap.dedent(
+# ---------------------------------------------------------------------- a fresh kernel
+_FRESH_CELLS = [
     """
-    import os, sys
-    from IPython.testing.globalipapp import start_ipython
-    shell = start_ipython()
-    shell.run_line_magic("load_ext", "dbxml_magics")
-    assert "pyspark" not in sys.modules, "load_ext imported pyspark"
-    import mlflow, pandas as pd
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.datasets import load_iris
-    from mlflow.models import infer_signature
-    X, y = load_iris(return_X_y=True, as_frame=True)
-    X.columns = [c.replace(" (cm)", "").replace(" ", "_") for c in X.columns]
-    model = LogisticRegression(max_iter=300).fit(X, y)
-    mlflow.set_tracking_uri("sqlite:///" + os.path.join(os.getcwd(), "mlflow.db"))
-    with mlflow.start_run():
-        mlflow.sklearn.log_model(model, name="model", registered_model_name="fresh",
-                                 signature=infer_signature(X, model.predict(X)))
-    mlflow.set_tracking_uri(None)
-    shell.user_ns["X"] = X
-    shell.run_line_magic("aml_score", "fresh --df X --into scored --limit 0")
-    scored = shell.user_ns["scored"]
-    assert (scored.toPandas()["prediction"].to_numpy() == model.predict(X)).all()
-    print("PYTHON-EXEC", scored.sparkSession.sparkContext.pythonExec)
-    scored.sparkSession.stop()
+%load_ext dbxml_magics
+import os, sys
+assert "pyspark" not in sys.modules, "load_ext imported pyspark"
+import mlflow
+from sklearn.linear_model import LogisticRegression
+from sklearn.datasets import load_iris
+from mlflow.models import infer_signature
+X, y = load_iris(return_X_y=True, as_frame=True)
+X.columns = [c.replace(" (cm)", "").replace(" ", "_") for c in X.columns]
+model = LogisticRegression(max_iter=300).fit(X, y)
+mlflow.set_tracking_uri("sqlite:///" + os.path.join(os.getcwd(), "mlflow.db"))
+with mlflow.start_run():
+    mlflow.sklearn.log_model(model, name="model", registered_model_name="fresh",
+                             signature=infer_signature(X, model.predict(X)))
+mlflow.set_tracking_uri(None)
+""",
+    "%aml_score fresh --df X --into local_scored --limit 3",
+    "%aml_score fresh --df X --engine spark --into scored --limit 3",
     """
-)
+import warnings
+assert (local_scored["prediction"].to_numpy() == model.predict(X)).all()
+assert (scored.toPandas()["prediction"].to_numpy() == model.predict(X)).all()
+print("PYTHON-EXEC", scored.sparkSession.sparkContext.pythonExec)
+print("DRIVER", scored.sparkSession.sparkContext.getConf().get("spark.driver.host"))
+warnings.warn("the user's own warning")
+""",
+    "scored.sparkSession.stop()",
+]
 
 
-def test_fresh_kernel_starts_a_local_session_whose_workers_use_its_interpreter(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_", "MLFLOW_TRACKING"))}
-    env["PATH"] = "/usr/bin:/bin"  # a `python3` without pandas: the workers must not pick it
-    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    script = tmp_path / "fresh_kernel.py"
-    script.write_text(_FRESH_KERNEL)
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "on a new local Spark session (master local[*])" in done.stdout
-    assert f"PYTHON-EXEC {sys.executable}" in done.stdout
+def _cell_text(cell) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", ""))
+        parts.append(str(output.get("data", {}).get("text/plain", "")))
+        parts.append(output.get("evalue", ""))
+    return "\n".join(parts)
+
+
+def test_fresh_kernel_scores_in_process_then_starts_a_quiet_loopback_local_session(tmp_path, monkeypatch):
+    """A real kernel (nbclient): what the user sees under each cell, as the issue reported it."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    for variable in [v for v in os.environ if v.startswith(("PYSPARK_", "SPARK_", "MLFLOW_TRACKING"))]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a `python3` without pandas: the workers must not pick it
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in _FRESH_CELLS])
+    NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    texts = [_cell_text(cell) for cell in notebook.cells]
+    local, spark_cell, checks = texts[1], texts[2], texts[3]
+    assert "on the kernel (local engine)" in local and "prediction" in local
+    assert "on a new local Spark session (master local[*]" in spark_cell
+    for text in (local, spark_cell):
+        for noise in ("WARN", "INFO", "Warning", "log4j", "SPARK_LOCAL_IP", "NativeCodeLoader", "setLogLevel"):
+            assert noise not in text, f"{noise!r} in the cell output:\n{text}"
+    assert f"PYTHON-EXEC {sys.executable}" in checks
+    assert "DRIVER 127.0.0.1" in checks
+    assert "UserWarning: the user's own warning" in checks
