@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["AmlEmulator", "SeenRequest", "EmulatedResourceManager", "WORKSPACE_PREFIX", "link_line"]
+from arm_emulator import ArmEmulator
+
+__all__ = ["AmlEmulator", "SeenRequest", "WORKSPACE_PREFIX", "link_line", "start_arm"]
 
 WORKSPACE_PREFIX = (
     "/mlflow/v2.0/subscriptions/{sub}/resourceGroups/{rg}"
@@ -67,6 +69,7 @@ class AmlEmulator:
         self.token_requests = 0
         self.rejecting = False  # answer 401 to everything (an expired or revoked token)
         self.throttled_batches = 0  # answer 429 to this many log-batch requests (AML throttles)
+        self.arm: ArmEmulator | None = None  # Azure Resource Manager in front of it (`start_arm`)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -241,43 +244,6 @@ def _handler_for(emulator: AmlEmulator):
     return Handler
 
 
-# ---------------------------------------------------------------------- the ARM double
-class EmulatedResourceManager:
-    """Stands in for `dbxml_magics.workspace.arm`, the one seam that talks to Azure Resource
-    Manager: it knows the emulator's workspace (and any `extra` refs for listing)."""
-
-    def __init__(self, emulator: AmlEmulator | None, mlflow_host: str | None = None, extra=()):
-        self.emulator = emulator
-        self.mlflow_host = mlflow_host or (emulator.host_url if emulator else None)
-        self.extra = list(extra)
-        self.lookups: list = []
-        self.listings = 0
-
-    def lookup_workspace(self, ref, credential, cloud):
-        from dbxml_magics.workspace import WorkspaceInfo, WorkspaceNotFound
-
-        # What ARM needs: a bearer token for the cloud's management scope.
-        credential.get_token("https://management.azure.com/.default")
-        self.lookups.append((ref, cloud))
-        known = self.emulator is not None and (ref.subscription, ref.resource_group, ref.workspace) == (
-            self.emulator.subscription, self.emulator.resource_group, self.emulator.workspace
-        )
-        if not known:
-            raise WorkspaceNotFound(f"ResourceNotFound: workspace {ref.workspace} was not found")
-        return WorkspaceInfo(mlflow_host=self.mlflow_host, location="local", workspace_id="emulated")
-
-    def list_workspaces(self, credential, cloud):
-        from dbxml_magics.workspace import WorkspaceRef
-
-        credential.get_token("https://management.azure.com/.default")
-        self.listings += 1
-        refs = list(self.extra)
-        if self.emulator is not None:
-            e = self.emulator
-            refs.append(WorkspaceRef(e.subscription, e.resource_group, e.workspace, source="account", location="local"))
-        return refs
-
-
 # ---------------------------------------------------------------------- fixtures
 import pytest  # noqa: E402 - fixtures below; the classes above work without pytest
 
@@ -285,7 +251,7 @@ _AZURE_ENV = (
     "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
     "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_USERNAME", "AZURE_PASSWORD", "AZURE_FEDERATED_TOKEN_FILE",
     "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",
-    "IMDS_ENDPOINT", "AZUREML_CURRENT_CLOUD", "AZURE_CONFIG_DIR",
+    "IMDS_ENDPOINT", "AZUREML_CURRENT_CLOUD", "AZURE_CONFIG_DIR", "ARM_CLOUD_METADATA_URL", "REQUESTS_CA_BUNDLE",
 )
 
 
@@ -319,17 +285,27 @@ def identity_endpoint():
     emulator.stop()
 
 
+def start_arm(emulator: AmlEmulator, monkeypatch) -> ArmEmulator:
+    """An ARM emulator that accepts the tokens `emulator` issues, found and trusted through the
+    environment (ARM_CLOUD_METADATA_URL, REQUESTS_CA_BUNDLE); `emulator.arm` holds it."""
+    arm = ArmEmulator(lambda token: token in emulator.tokens_issued).start()
+    for name, value in arm.env.items():
+        monkeypatch.setenv(name, value)
+    emulator.arm = arm
+    return arm
+
+
 @pytest.fixture
 def aml_workspace(aml_emulator, azure_env, monkeypatch):
-    """ARM double installed, and a managed identity served by the emulator: `%aml_link
-    -s/-g/-w --auth managed-identity` (or `default`) reaches the emulated workspace."""
-    from dbxml_magics import workspace
-
+    """A managed identity served by the emulator, and an ARM emulator (`aml_workspace.arm`) that
+    knows its workspace: `%aml_link -s/-g/-w --auth managed-identity` (or `default`) reaches it."""
     for name, value in aml_emulator.identity_env.items():
         monkeypatch.setenv(name, value)
-    manager = EmulatedResourceManager(aml_emulator)
-    monkeypatch.setattr(workspace, "arm", manager)
-    return aml_emulator
+    arm = start_arm(aml_emulator, monkeypatch)
+    e = aml_emulator
+    arm.add_workspace(e.subscription, e.resource_group, e.workspace, mlflow_host=e.host_url)
+    yield aml_emulator
+    arm.stop()
 
 
 def link_line(emulator: AmlEmulator, extra: str = "") -> str:
