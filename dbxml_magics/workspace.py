@@ -43,6 +43,7 @@ __all__ = [
     "list_account_workspaces",
     "azure_credentials_available",
     "credential_for",
+    "cloud_scope",
     "check_credential",
     "tracking_uri_for",
     "studio_url_for",
@@ -254,6 +255,11 @@ def _cloud(name: str | None = None):
         return cloud(name)
     except KeyError as exc:
         raise LinkError(f"Unknown Azure cloud {exc.args[0]!r} (AZUREML_CURRENT_CLOUD): use one of {', '.join(CLOUDS)}.") from None
+
+
+def cloud_scope(cloud_name: str | None = None) -> str:
+    """The token scope of ARM and of AML's MLflow endpoint in the current cloud."""
+    return _cloud(cloud_name).arm_scope
 
 
 def credential_for(auth: str, cloud_name: str | None = None, tenant_id: str | None = None, timeout: float = 10.0):
