@@ -101,15 +101,13 @@ class ResourceManager:
         from azure.core.pipeline import policies
         from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
 
-        from . import __version__
-
         self.endpoint = _management_endpoint(cloud_)
         self.cloud = replace(cloud_, management=self.endpoint)
         self._client = PipelineClient(
             self.endpoint,
             policies=[
                 policies.HeadersPolicy(),
-                policies.UserAgentPolicy(sdk_moniker=f"dbxml-magics/{__version__}"),
+                policies.UserAgentPolicy(sdk_moniker="dbxml-magics"),
                 # Connection failures once more; statuses never: 429 is reported, not slept through.
                 policies.RetryPolicy(retry_total=1, retry_status=0, retry_backoff_factor=0.3),
                 ARMChallengeAuthenticationPolicy(credential, cloud_.arm_scope),

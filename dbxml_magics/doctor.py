@@ -16,7 +16,7 @@ from typing import Callable
 
 from .masking import first_line, mask_uri
 
-__all__ = ["Check", "run_checks", "doctor_report", "DEADLINE"]
+__all__ = ["Check", "run_checks", "doctor_report", "doctor_from_args", "DEADLINE"]
 
 DEADLINE = 8.0  # seconds for the whole report; the issue's bound is 10 s
 _STORE_TIMEOUT = 4.0  # one probe per store
@@ -38,6 +38,16 @@ class Check:
     def __str__(self) -> str:
         text = f"{self.status:<4}  {self.name:<11} {self.detail}"
         return text + (f" -> {self.fix}" if self.fix and self.status != "OK" else "")
+
+
+def doctor_from_args(session, args) -> str:
+    """`%aml_link --doctor` checks the link in place: it takes no other option."""
+    from .errors import LinkError
+
+    others = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in ("doctor", "auth") and v is not None]
+    if others or args.auth != "default":
+        raise LinkError(f"--doctor checks the current link and takes no other option (got {', '.join(others or ['--auth'])}).")
+    return doctor_report(session)
 
 
 def doctor_report(session) -> str:

@@ -45,6 +45,8 @@ __all__ = [
     "credential_for",
     "cloud_scope",
     "check_credential",
+    "within",
+    "target_from_workspace_object",
     "tracking_uri_for",
     "studio_url_for",
     "studio_run_url",
@@ -335,7 +337,7 @@ def check_credential(credential: _CheckedCredential, cloud_name: str | None, tim
     wait = _INTERACTIVE_TIMEOUT if credential.auth == "interactive" else timeout
     what = f"Azure sign-in with --auth {credential.auth}"
     try:
-        _within(wait, lambda: credential.get_token(scope))
+        within(wait, lambda: credential.get_token(scope))
     except TimeoutError:
         raise LinkError(
             f"{what} gave no token within {wait:g} s; {_auth_fixes(credential.auth)} "
@@ -345,7 +347,7 @@ def check_credential(credential: _CheckedCredential, cloud_name: str | None, tim
         raise LinkError(f"{what} failed ({first_line(exc, 200)}); {_auth_fixes(credential.auth)}.") from None
 
 
-def _within(seconds: float, work: Callable[[], Any]) -> Any:
+def within(seconds: float, work: Callable[[], Any]) -> Any:
     """Run `work` on a daemon thread and wait at most `seconds`.
 
     A daemon thread, not an executor: a credential stuck in a network call must neither
@@ -440,7 +442,7 @@ def _arm_call(ref: WorkspaceRef, credential, work: Callable[[], Any]) -> Any:
     auth = getattr(credential, "auth", "default")
     what = f"workspace {ref.workspace!r}" if ref.workspace != "-" else "the workspace list"
     try:
-        return _within(_ARM_TIMEOUT, work)
+        return within(_ARM_TIMEOUT, work)
     except ArmError as exc:
         raise LinkError(_arm_failure(exc, ref, auth, what)) from None
     except ArmUnreachable as exc:
@@ -524,17 +526,22 @@ def _ref_from_uri(uri: str) -> WorkspaceRef:
 
 
 # --------------------------------------------------------------------------- linking
-def resolve_workspace_target(args, settings) -> Target:
-    """The Target for `--config [PATH]` or `-s/-g/-w`: checked credential + ARM lookup."""
+def resolve_workspace_target(args, settings, namespace: dict | None = None) -> Target:
+    """The Target for `--config [PATH]`, `-s/-g/-w`, or `-w VAR` alone (a workspace object in
+    `namespace`): checked credential + ARM lookup."""
+    alone = args.config is None and args.workspace and not (args.subscription or args.resource_group)
+    if alone and args.workspace.strip() in (namespace or {}):
+        return target_from_workspace_object(namespace[args.workspace.strip()], args.workspace.strip(), settings)
     if args.config is not None:
         ref = read_config_file(find_config_file(args.config or None))
     else:
         given = {"-s": args.subscription, "-g": args.resource_group, "-w": args.workspace}
         missing = [flag for flag, value in given.items() if not value]
         if missing:
+            sdk_v1 = "" if _has_sdk_v1() else " (a `Workspace` object of azureml-core needs pip install dbxml-magics[sdk-v1])"
             raise LinkError(
-                f"An AML workspace needs -s, -g and -w together (missing {', '.join(missing)}); "
-                "or use --config with the workspace's config.json."
+                f"An AML workspace needs -s, -g and -w together (missing {', '.join(missing)}), or -w VAR alone naming "
+                f"a workspace object in the notebook{sdk_v1}; or use --config with the workspace's config.json."
             )
         ref = _validated(WorkspaceRef(args.subscription.strip(), args.resource_group.strip(), args.workspace.strip()))
     timeout = float(getattr(settings, "credential_timeout", 10.0))
@@ -548,6 +555,52 @@ def resolve_workspace_target(args, settings) -> Target:
         studio_url=studio_url_for(ref, info.tenant_id or ref.tenant_id),
         credential=credential,
     )
+
+
+def _has_sdk_v1() -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec("azureml.core") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def target_from_workspace_object(workspace, variable: str, settings=None) -> Target:
+    """The Target for a workspace object the notebook already holds, reusing its credential:
+    azureml-core's `Workspace` (the seed's `ws = Workspace.get(...)`: its own tracking URI) or
+    azure-ai-ml's `MLClient` (its ids, looked up over ARM)."""
+    module = type(workspace).__module__ or ""
+    timeout = float(getattr(settings, "credential_timeout", 10.0)) if settings is not None else 10.0
+    if module.startswith("azureml.core"):
+        if not _has_sdk_v1():
+            raise LinkError(f"{variable!r} is an azureml-core Workspace, and azureml-core is not installed: "
+                            "pip install dbxml-magics[sdk-v1], or link with -s/-g/-w or --config.")
+        ref = _validated(WorkspaceRef(workspace.subscription_id, workspace.resource_group, workspace.name,
+                                      source="-s/-g/-w"))
+        credential = _CheckedCredential(workspace._auth, "workspace-object")  # the SDK's auth speaks get_token
+        check_credential(credential, None, timeout)
+        try:
+            host = urlsplit(within(_ARM_TIMEOUT, workspace.get_mlflow_tracking_uri)).netloc
+        except Exception as exc:  # noqa: BLE001 - the SDK's errors are long
+            raise LinkError(f"Workspace {variable!r} gave no MLflow tracking URI ({first_line(exc, 200)}); "
+                            "link with -s/-g/-w instead.") from None
+        tenant = None
+    elif module.startswith("azure.ai.ml") and hasattr(workspace, "workspace_name"):
+        if not workspace.workspace_name:
+            raise LinkError(f"MLClient {variable!r} names no workspace: build it with workspace_name=..., "
+                            "or link with -s/-g/-w.")
+        ref = _validated(WorkspaceRef(workspace.subscription_id, workspace.resource_group_name,
+                                      workspace.workspace_name, source="-s/-g/-w"))
+        credential = _CheckedCredential(workspace._credential, "workspace-object")
+        check_credential(credential, None, timeout)
+        info = lookup_workspace(ref, credential)
+        host, tenant = info.mlflow_host, info.tenant_id
+    else:
+        raise LinkError(f"{variable!r} is a {type(workspace).__name__}, not an Azure ML workspace object "
+                        "(azureml-core Workspace or azure-ai-ml MLClient): link with -s/-g/-w or --config.")
+    return Target(uri=tracking_uri_for(ref, host), kind="aml", workspace=ref.workspace,
+                  studio_url=studio_url_for(ref, tenant), credential=credential)
 
 
 def target_from_azureml_uri(uri: str, args=None, settings=None) -> Target:

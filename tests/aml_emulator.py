@@ -69,6 +69,7 @@ class AmlEmulator:
         self.token_requests = 0
         self.rejecting = False  # answer 401 to everything (an expired or revoked token)
         self.throttled_batches = 0  # answer 429 to this many log-batch requests (AML throttles)
+        self.token_lifetime = 3600  # seconds a token it issues is valid
         self.arm: ArmEmulator | None = None  # Azure Resource Manager in front of it (`start_arm`)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -211,7 +212,7 @@ def _handler_for(emulator: AmlEmulator):
             token = emulator._issue_token()
             payload = {
                 "access_token": token,
-                "expires_on": str(int(time.time()) + 3600),
+                "expires_on": str(int(time.time()) + emulator.token_lifetime),
                 "resource": resource,
                 "token_type": "Bearer",
             }

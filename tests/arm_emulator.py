@@ -2,8 +2,8 @@
 
 azure-core refuses to send a bearer token over plain http, so this server speaks https with
 a certificate made at start-up: a throw-away CA (`ca_path`, a PEM file) signs a leaf
-certificate for 127.0.0.1. Clients trust it through the CA bundle setting that requests (and
-so azure-core, azureml-core and azureml-mlflow) honour: `REQUESTS_CA_BUNDLE` (`trust_env`).
+certificate for 127.0.0.1. Clients trust it through the CA bundle settings: `REQUESTS_CA_BUNDLE`
+(requests, and so azure-core, azureml-core and azureml-mlflow) and `SSL_CERT_FILE` (urllib).
 
 Like ARM, every request needs `Authorization: Bearer <token>` that the token check accepts
 (401 `InvalidAuthenticationToken` otherwise) and an `api-version` the route supports (400
@@ -169,8 +169,10 @@ class ArmEmulator:
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment that makes clients find and trust this server."""
-        return {"ARM_CLOUD_METADATA_URL": self.metadata_url, "REQUESTS_CA_BUNDLE": str(self.ca_path)}
+        """The environment that makes clients find and trust this server: requests reads
+        REQUESTS_CA_BUNDLE, urllib (azureml-core's cloud metadata) OpenSSL's SSL_CERT_FILE."""
+        ca = str(self.ca_path)
+        return {"ARM_CLOUD_METADATA_URL": self.metadata_url, "REQUESTS_CA_BUNDLE": ca, "SSL_CERT_FILE": ca}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "ArmEmulator":

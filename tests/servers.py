@@ -62,7 +62,11 @@ class MlflowServer:
             env={**os.environ, "MLFLOW_TRACKING_URI": ""},
         )
         log.close()
-        wait_http(self.uri + "/health", timeout=120, process=self.process)
+        try:
+            wait_http(self.uri + "/health", timeout=120, process=self.process)
+        except BaseException:
+            self.stop()  # a server that never answered must not outlive the failed fixture
+            raise
         return self
 
     def stop(self) -> None:

@@ -376,3 +376,39 @@ def test_cloud_table_matches_the_plugin():
         assert (cloud.authority, cloud.arm_scope) == (
             KNOWN_CLOUDS[name]._get_authority(), KNOWN_CLOUDS[name]._get_default_scope()
         )
+
+
+# ----------------------------------------------------------------------- -w VAR: a workspace object
+def test_seed_workspace_object_links_with_its_uri_and_auth(ext, shell, aml_workspace, mlflow_server):
+    """The seed's flow with azureml-core (the sdk-v1 extra): `ws = Workspace.get(...)` over the ARM
+    emulator, then `%aml_link -w ws` reuses its tracking URI and its authentication."""
+    from azureml.core import Workspace
+    from azureml.core.authentication import TokenAuthentication
+
+    e = aml_workspace
+    issued = []
+
+    def token_for(audience):  # the user's own auth object; tokens from the emulated identity
+        issued.append(e._issue_token())
+        return issued[-1]
+
+    ws = Workspace.get(name=e.workspace, subscription_id=e.subscription, resource_group=e.resource_group,
+                       auth=TokenAuthentication(token_for))
+    shell.user_ns["ws"] = ws
+    link = shell.run_line_magic("aml_link", "-w ws")
+    assert link.primary.kind == "aml" and link.primary.uri == e.tracking_uri
+    assert e.arm.seen("GET", f"/workspaces/{e.workspace}"), "azureml-core read the workspace from the ARM emulator"
+    shell.run_cell_magic("track", "seed --no-source --metrics m", "m = 0.5")
+    assert ext.journal.pending() == 0
+    assert any(r.path.endswith("/runs/log-batch") and r.authorized for r in e.mlflow_requests())
+    assert issued, "the Workspace's own auth signed the MLflow requests"
+
+
+def test_workspace_variable_that_is_not_a_workspace_is_one_line(ext, shell, azure_env):
+    shell.user_ns["ws"] = 42
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    with pytest.raises(UsageError, match=r"'ws' is a int, not an Azure ML workspace object"):
+        shell.run_line_magic("aml_link", "-w ws")
+    with pytest.raises(UsageError, match=r"needs -s, -g and -w together \(missing -s, -g\), or -w VAR alone"):
+        shell.run_line_magic("aml_link", "-w not_defined")
+    _assert_unchanged(ext, before_link, before_uri)
