@@ -566,6 +566,28 @@ def _has_sdk_v1() -> bool:
         return False
 
 
+class _SdkV1Auth:
+    """azure-identity's `get_token` over an azureml-core auth object: its public
+    `get_authentication_header()` (an ARM token; AML's MLflow endpoint takes the same audience);
+    the expiry is the token's `exp` claim, or five minutes when it has none."""
+
+    def __init__(self, auth):
+        self._auth = auth
+
+    def get_token(self, *scopes, **kwargs):
+        import base64
+
+        from azure.core.credentials import AccessToken
+
+        token = self._auth.get_authentication_header()["Authorization"].split(" ", 1)[-1]
+        try:
+            payload = token.split(".")[1]
+            expires = int(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+        except (IndexError, ValueError, KeyError, TypeError):
+            expires = int(time.time()) + _TOKEN_MARGIN
+        return AccessToken(token, expires)
+
+
 def target_from_workspace_object(workspace, variable: str, settings=None) -> Target:
     """The Target for a workspace object the notebook already holds, reusing its credential:
     azureml-core's `Workspace` (the seed's `ws = Workspace.get(...)`: its own tracking URI) or
@@ -578,7 +600,7 @@ def target_from_workspace_object(workspace, variable: str, settings=None) -> Tar
                             "pip install dbxml-magics[sdk-v1], or link with -s/-g/-w or --config.")
         ref = _validated(WorkspaceRef(workspace.subscription_id, workspace.resource_group, workspace.name,
                                       source="-s/-g/-w"))
-        credential = _CheckedCredential(workspace._auth, "workspace-object")  # the SDK's auth speaks get_token
+        credential = _CheckedCredential(_SdkV1Auth(workspace._auth), "workspace-object")
         check_credential(credential, None, timeout)
         try:
             host = urlsplit(within(_ARM_TIMEOUT, workspace.get_mlflow_tracking_uri)).netloc

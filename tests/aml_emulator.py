@@ -21,6 +21,7 @@ Artifacts: AML hands out `azureml://` artifact locations served by its own artif
 writes still work end to end, through MLflow's HTTP artifact repository.
 """
 
+import base64
 import json
 import secrets
 import threading
@@ -28,10 +29,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from arm_emulator import ArmEmulator
+from arm_emulator import ArmEmulator, QuietHandler
 
 __all__ = ["AmlEmulator", "SeenRequest", "WORKSPACE_PREFIX", "link_line", "start_arm"]
 
@@ -40,6 +41,12 @@ WORKSPACE_PREFIX = (
     "/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
 )
 TOKEN_PATH = "/msi/token"
+TENANT_ID = "72f988bf-0000-0000-0000-000000000001"
+MANAGED_IDENTITY_CLIENT_ID = "5e1f0000-0000-4000-8000-00000000c11d"
+
+
+def _b64(part: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
 
 
 @dataclass(frozen=True)
@@ -124,8 +131,13 @@ class AmlEmulator:
         with self._lock:
             self.requests.append(request)
 
-    def _issue_token(self) -> str:
-        token = "aml-emulator-" + secrets.token_urlsafe(24)
+    def _issue_token(self, resource: str = "https://management.azure.com/") -> str:
+        """A token shaped like Entra ID's (a JWT: SDKs read its claims), signed with nothing."""
+        now = int(time.time())
+        claims = {"aud": resource, "iss": f"https://sts.windows.net/{TENANT_ID}/", "tid": TENANT_ID,
+                  "appid": MANAGED_IDENTITY_CLIENT_ID, "oid": "00000000-0000-0000-0000-0000000000aa",
+                  "iat": now, "nbf": now, "exp": now + self.token_lifetime}
+        token = ".".join(_b64(part) for part in ({"typ": "JWT", "alg": "RS256"}, claims)) + "." + secrets.token_urlsafe(24)
         with self._lock:
             self.tokens_issued.append(token)
             self.token_requests += 1
@@ -156,24 +168,7 @@ def _count_metric_points(path: str, body: bytes) -> int:
 
 
 def _handler_for(emulator: AmlEmulator):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-        def do_GET(self):
-            self._handle()
-
-        def do_POST(self):
-            self._handle()
-
-        def do_PATCH(self):
-            self._handle()
-
-        def do_DELETE(self):
-            self._handle()
-
+    class Handler(QuietHandler):
         def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -209,7 +204,7 @@ def _handler_for(emulator: AmlEmulator):
             if self.headers.get("X-IDENTITY-HEADER") != emulator.identity_header:
                 return self._reply(401, b'{"error": "invalid identity header"}')
             resource = parse_qs(query).get("resource", [""])[0]
-            token = emulator._issue_token()
+            token = emulator._issue_token(resource)
             payload = {
                 "access_token": token,
                 "expires_on": str(int(time.time()) + emulator.token_lifetime),

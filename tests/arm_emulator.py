@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-__all__ = ["ArmEmulator", "ArmFault", "ArmRequest", "PROVIDER", "WORKSPACE_API_VERSIONS"]
+__all__ = ["ArmEmulator", "ArmFault", "ArmRequest", "QuietHandler", "PROVIDER", "WORKSPACE_API_VERSIONS"]
 
 PROVIDER = "Microsoft.MachineLearningServices"
 # What the clients in this repository send (workspace.py, azureml-core 1.61, azureml-mlflow 1.60),
@@ -339,28 +339,35 @@ class ArmEmulator:
         return status, body, {}
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """Every method goes to `_handle`; nothing is logged to pytest's output."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self._handle()
+
+    def do_PUT(self):
+        self._handle()
+
+    def do_POST(self):
+        self._handle()
+
+    def do_PATCH(self):
+        self._handle()
+
+    def do_DELETE(self):
+        self._handle()
+
+    def _handle(self):
+        raise NotImplementedError
+
+
 def _handler_for(emulator: ArmEmulator):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-        def do_GET(self):
-            self._handle()
-
-        def do_PUT(self):
-            self._handle()
-
-        def do_POST(self):
-            self._handle()
-
-        def do_PATCH(self):
-            self._handle()
-
-        def do_DELETE(self):
-            self._handle()
-
+    class Handler(QuietHandler):
         def _handle(self):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from IPython.core.error import UsageError
 
-from aml_emulator import aml_emulator, aml_workspace, azure_env, link_line  # noqa: F401 - fixtures
+from aml_emulator import MANAGED_IDENTITY_CLIENT_ID, aml_emulator, aml_workspace, azure_env, link_line  # noqa: F401
 from dbxml_magics.doctor import run_checks
 
 
@@ -98,7 +98,7 @@ def test_aml_link_checks_credential_store_experiment_and_azure_env(ext, shell, a
     report = "\n".join(line for lines in found.values() for line in lines)
     assert found["store"][0].startswith("OK    store       primary azureml://127.0.0.1:")
     [credential] = found["credential"]
-    assert credential.startswith("WARN") and "--auth managed-identity, identity unknown (opaque token)" in credential
+    assert credential.startswith("WARN") and f"--auth managed-identity, identity appid={MANAGED_IDENTITY_CLIENT_ID}" in credential
     assert "token valid 4 more min" in credential
     assert any("AZURE_CLIENT_ID=*** AZURE_CLIENT_SECRET=*** set: --auth managed-identity signs in with them first" in line
                for line in found["environment"])
