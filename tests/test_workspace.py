@@ -412,3 +412,17 @@ def test_workspace_variable_that_is_not_a_workspace_is_one_line(ext, shell, azur
     with pytest.raises(UsageError, match=r"needs -s, -g and -w together \(missing -s, -g\), or -w VAR alone"):
         shell.run_line_magic("aml_link", "-w not_defined")
     _assert_unchanged(ext, before_link, before_uri)
+
+
+def test_no_default_path_needs_azureml_core(ext, shell, aml_workspace, monkeypatch):
+    """azureml-core is the sdk-v1 extra: with it unimportable, -s/-g/-w and the listing still work,
+    and -w with no such variable says how to get the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "azureml.core", None)  # `import azureml.core` now fails
+    link = shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
+    assert link.primary.uri == aml_workspace.tracking_uri
+    refs = workspace.account_workspaces(auth="managed-identity")
+    assert [r.workspace for r in refs] == [aml_workspace.workspace]
+    with pytest.raises(UsageError, match=r"or -w VAR alone .*pip install dbxml-magics\[sdk-v1\]"):
+        shell.run_line_magic("aml_link", "-w ws")
