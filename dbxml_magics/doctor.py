@@ -159,6 +159,8 @@ def _registry(link) -> Check:
     tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     primary = link.primary
     expected = primary.registry_uri or primary.uri
+    if primary.kind == "databricks" and registry.startswith("databricks-uc"):
+        return Check("OK", "registry", "models register in Unity Catalog (databricks-uc), runs in the Databricks workspace")
     if registry and registry != expected and registry != tracking:
         source = " (MLFLOW_REGISTRY_URI)" if os.environ.get("MLFLOW_REGISTRY_URI") else ""
         return Check("WARN", "registry", f"runs go to {mask_uri(tracking)} but models register in {mask_uri(registry)}{source}",

@@ -6,6 +6,8 @@ real client code talks to after workspace lookup:
 - the **managed-identity token endpoint** (App Service protocol: `IDENTITY_ENDPOINT` +
   `IDENTITY_HEADER`), so azure-identity's real `ManagedIdentityCredential` obtains tokens
   over HTTP exactly as on Azure compute;
+- the region's **discovery** document (`/discovery`, anonymous), which azureml-core reads for
+  `Workspace.get_mlflow_tracking_uri()`;
 - the **workspace MLflow endpoint** `/mlflow/v2.0/subscriptions/<sub>/resourceGroups/<rg>/
   providers/Microsoft.MachineLearningServices/workspaces/<ws>/api/2.0/mlflow/...`: it rejects
   requests without a bearer token it issued (401), answers 404 for another workspace, strips
@@ -185,6 +187,11 @@ def _handler_for(emulator: AmlEmulator):
             parts = urlsplit(self.path)
             if parts.path == TOKEN_PATH:
                 return self._token(parts.query)
+            if parts.path == "/discovery":  # the region's service map, anonymous as on AML
+                host = emulator.host_url
+                services = {key: host for key in ("api", "catalog", "experimentation", "history", "hyperdrive",
+                                                  "modelmanagement", "pipelines")}
+                return self._reply(200, json.dumps({**services, "studio": "https://ml.azure.com"}).encode())
             authorized = emulator._token_is_valid(self.headers.get("Authorization"))
             inner = parts.path[len(emulator.prefix):] if parts.path.startswith(emulator.prefix) else None
             status = self._mlflow(parts, inner, body, authorized)

@@ -63,7 +63,7 @@ def test_aml_only_track_goes_through_the_plugin_in_batches(ext, shell, aml_works
     details = ext.run_details(run_id)
     assert details.histories["loss"][-1] == (299, pytest.approx(1 / 300))
     workspace_id = emulator.prefix.split("/mlflow/v2.0")[1]
-    assert details.ui_url == f"https://ml.azure.com/runs/{run_id}?wsid={workspace_id}"
+    assert details.ui_url == f"https://ml.azure.com/runs/{run_id}?wsid={workspace_id}&tid={emulator.arm.tenant_id}"
 
 
 def test_both_mode_mirrors_to_aml_with_mapped_experiment(ext, shell, aml_workspace, mlflow_server, tmp_path):

@@ -16,6 +16,7 @@ from dbxml_magics.doctor import run_checks
 
 def _doctor(shell, capsys) -> dict[str, list[str]]:
     """The printed report, by check name (several lines may share one: stores, environment)."""
+    capsys.readouterr()  # what linking printed before
     started = time.monotonic()
     shell.run_line_magic("aml_link", "--doctor")
     elapsed = time.monotonic() - started
@@ -30,6 +31,7 @@ def _doctor(shell, capsys) -> dict[str, list[str]]:
 
 
 def test_embedded_default_is_all_ok_offline(ext, shell, azure_env, capsys):
+    shell.run_cell_magic("track", "first --no-source", "x = 1")  # the store exists, the journal runs
     found = _doctor(shell, capsys)
     assert set(found) == {"link", "store", "credential", "registry", "environment", "experiment", "versions", "journal"}
     assert found["link"][0].startswith("OK") and "not linked: the embedded store" in found["link"][0]
@@ -44,19 +46,18 @@ def test_doctor_takes_no_other_option(ext, shell):
 
 
 def test_environment_and_registry_traps_warn_with_values_masked(ext, shell, azure_env, monkeypatch, capsys, tmp_path):
+    shell.run_line_magic("aml_link", f"--local {tmp_path / 'store'} --experiment mine")
+    # Set after linking (linking sets MLFLOW_TRACKING_URI itself, for subprocesses), e.g. by %env.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:hunter2-secret@tracking.example:5000")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "someone-else")
-    shell.run_line_magic("aml_link", f"--local {tmp_path / 'store'} --experiment mine")
-    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    try:
-        found = _doctor(shell, capsys)
-    finally:
-        mlflow.set_registry_uri("")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    found = _doctor(shell, capsys)
     environment = "\n".join(found["environment"])
     assert "WARN  environment MLFLOW_TRACKING_URI=http://" in environment and "hunter2-secret" not in environment
     assert "mlflow#8877" in environment
     assert "MLFLOW_EXPERIMENT_NAME='someone-else' contradicts the link's experiment 'mine'" in environment
-    assert found["registry"][0].startswith("WARN") and "elsewhere.db" in found["registry"][0]
+    [registry] = found["registry"]
+    assert registry.startswith("WARN") and "elsewhere.db (MLFLOW_REGISTRY_URI)" in registry
 
 
 def test_mixed_mlflow_distributions_fail(ext, shell, azure_env, monkeypatch, capsys, tmp_path):

@@ -425,4 +425,4 @@ def test_no_default_path_needs_azureml_core(ext, shell, aml_workspace, monkeypat
     refs = workspace.account_workspaces(auth="managed-identity")
     assert [r.workspace for r in refs] == [aml_workspace.workspace]
     with pytest.raises(UsageError, match=r"or -w VAR alone .*pip install dbxml-magics\[sdk-v1\]"):
-        shell.run_line_magic("aml_link", "-w ws")
+        shell.run_line_magic("aml_link", "-w ws_never_assigned")
