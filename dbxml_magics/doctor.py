@@ -115,7 +115,7 @@ def _store(target, role: str) -> Check:
     try:
         probe_target(target, _STORE_TIMEOUT)
     except DbxmlError as exc:
-        return Check("FAIL", "store", f"{role} {target.display}: {first_line(exc, 200)}",
+        return Check("FAIL", "store", f"{role}: {first_line(exc, 500)}",  # the message names the store
                      "start the server or fix the URI; runs wait in the journal meanwhile")
     return Check("OK", "store", f"{role} {target.display} answered in {time.monotonic() - started:.1f} s")
 

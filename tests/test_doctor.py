@@ -50,8 +50,14 @@ def test_environment_and_registry_traps_warn_with_values_masked(ext, shell, azur
     # Set after linking (linking sets MLFLOW_TRACKING_URI itself, for subprocesses), e.g. by %env.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:hunter2-secret@tracking.example:5000")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "someone-else")
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    found = _doctor(shell, capsys)
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", elsewhere)  # restored at teardown; set_registry_uri writes it too
+    previous = mlflow.get_registry_uri()
+    mlflow.set_registry_uri(elsewhere)
+    try:
+        found = _doctor(shell, capsys)
+    finally:
+        mlflow.set_registry_uri(previous)
     environment = "\n".join(found["environment"])
     assert "WARN  environment MLFLOW_TRACKING_URI=http://" in environment and "hunter2-secret" not in environment
     assert "mlflow#8877" in environment
