@@ -129,13 +129,17 @@ class DbxmlMagics(Settings, Magics):
     @argument("--config", nargs="?", const="", default=None, metavar="PATH", help="AML config.json (searched like the SDK).")
     @argument("-s", "--subscription", default=None, help="Azure subscription id.")
     @argument("-g", "--resource-group", default=None, help="Azure resource group.")
-    @argument("-w", "--workspace", default=None, help="Azure ML workspace name.")
+    @argument(
+        "-w", "--workspace", default=None,
+        help="Azure ML workspace name; alone, a variable holding a workspace object (azureml-core Workspace, MLClient).",
+    )
     @argument("--mode", choices=["aml-only", "both"], default=None, help="aml-only: AML alone; both: keep the current store and mirror to the new one.")
     @argument(
         "--auth", choices=["default", "interactive", "cli", "service-principal", "managed-identity"], default="default",
         help="Azure credential; secrets come from the environment, never from this line.",
     )
     @argument("--experiment", "-e", default=None, help="Experiment for runs of this link.")
+    @argument("--doctor", action="store_true", help="Check the current link: one line per check, OK/WARN/FAIL + fix.")
     @line_magic
     @_user_errors
     def aml_link(self, line):
@@ -143,6 +147,11 @@ class DbxmlMagics(Settings, Magics):
         from .link import link_from_args
 
         args = _parse(self.aml_link, line)
+        if args.doctor:
+            from .doctor import doctor_from_args
+
+            print(doctor_from_args(self.session, args))
+            return None
         link = link_from_args(self.session, args)
         if link is None or self.show_panel_on_link:
             self._show_panel()

@@ -1,15 +1,13 @@
 """Azure ML workspaces: config.json search, credentials, ids -> tracking URI, the plugin hookup.
 
-The only module that imports azureml-core, azureml-mlflow or azure-identity. Everything
-that goes over the network to Azure Resource Manager sits behind one seam, the
-`AzureResourceManager` object in `arm` (workspace lookup and workspace listing); tests put
-a double there and run the rest for real: config discovery, credential selection from the
-environment, the bounded credential check, URI building, and the azureml-mlflow plugin
-talking to an emulated MLflow endpoint.
+With `arm.py` (the REST calls to Azure Resource Manager), the only module that imports
+azureml-mlflow, azure-identity or (only for `--workspace` with an SDK v1 object) azureml-core.
+Tests run all of it for real, against loopback servers: the ARM emulator over TLS, the AML
+MLflow endpoint emulator and its managed-identity token endpoint.
 
 Resolution of `%aml_link --config` / `-s -g -w`:
   reference (config file or ids) -> credential for `--auth` (checked within
-  `credential_timeout` s) -> `arm.lookup_workspace` (region host) ->
+  `credential_timeout` s) -> ARM GET of the workspace (its MLflow host) ->
   `azureml://<region>.api.azureml.ms/mlflow/v2.0/subscriptions/.../workspaces/<ws>` Target.
 `probe_aml_target` then asks the endpoint once through the real plugin store, and
 `register_aml_target` hands the plugin our credential for that URI, so neither the
@@ -35,9 +33,8 @@ __all__ = [
     "AUTH_CHOICES",
     "WorkspaceRef",
     "WorkspaceInfo",
-    "WorkspaceNotFound",
-    "AzureResourceManager",
-    "arm",
+    "lookup_workspace",
+    "list_workspaces",
     "find_config_file",
     "read_config_file",
     "workspaces_in_config_files",
@@ -46,7 +43,10 @@ __all__ = [
     "list_account_workspaces",
     "azure_credentials_available",
     "credential_for",
+    "cloud_scope",
     "check_credential",
+    "within",
+    "target_from_workspace_object",
     "tracking_uri_for",
     "studio_url_for",
     "studio_run_url",
@@ -116,10 +116,6 @@ class WorkspaceInfo:
     location: str | None = None
     workspace_id: str | None = None
     tenant_id: str | None = None
-
-
-class WorkspaceNotFound(Exception):
-    """ARM has no such workspace, or the signed-in identity may not read it."""
 
 
 def _validated(ref: WorkspaceRef) -> WorkspaceRef:
@@ -215,71 +211,6 @@ def workspaces_in_config_files(start: str | None = None) -> list[WorkspaceRef]:
     return list(found.values())
 
 
-# --------------------------------------------------------------------------- the Azure seam
-class AzureResourceManager:
-    """The calls that go to Azure Resource Manager. Tests replace `arm` with a double.
-
-    Both methods block on the network; callers bound them (`_within`) or run them off
-    the kernel thread (`list_account_workspaces`).
-    """
-
-    def lookup_workspace(self, ref: WorkspaceRef, credential, cloud: str) -> WorkspaceInfo:
-        """Region host of the workspace's MLflow endpoint (azureml-core `Workspace.get`)."""
-        from azureml.core import Workspace
-
-        try:
-            workspace = Workspace.get(
-                ref.workspace,
-                auth=_sdk_auth(credential, cloud),
-                subscription_id=ref.subscription,
-                resource_group=ref.resource_group,
-                cloud=cloud,
-            )
-        except Exception as exc:  # azureml-core raises several unrelated types for "not there"
-            text = str(exc)
-            if any(s in text for s in ("ResourceNotFound", "was not found", "ResourceGroupNotFound", "404")):
-                raise WorkspaceNotFound(text) from None
-            raise
-        # The same host azureml-mlflow's get_mlflow_tracking_uri(workspace) puts in the URI.
-        return WorkspaceInfo(
-            mlflow_host=workspace.service_context._get_mlflow_url(),
-            location=workspace.location,
-            workspace_id=getattr(workspace, "_workspace_id", None),
-        )
-
-    def list_workspaces(self, credential, cloud: str) -> list[WorkspaceRef]:
-        """Workspaces of every subscription the identity can see (azureml-core `Workspace.list`)."""
-        from azureml.core import Workspace
-
-        listed = Workspace.list(None, auth=_sdk_auth(credential, cloud))
-        refs = []
-        for workspaces in listed.values():
-            for workspace in workspaces:
-                refs.append(
-                    WorkspaceRef(
-                        workspace.subscription_id,
-                        workspace.resource_group,
-                        workspace.name,
-                        source="account",
-                        location=getattr(workspace, "location", None),
-                    )
-                )
-        return sorted(refs, key=lambda r: (r.workspace.lower(), r.resource_group.lower()))
-
-
-arm = AzureResourceManager()
-
-
-def _sdk_auth(credential, cloud: str):
-    """An azureml-core auth object backed by our (checked, cached) azure-identity credential."""
-    from azureml.core.authentication import TokenAuthentication
-
-    def token_for(audience: str) -> str:
-        return credential.get_token(audience.rstrip("/") + "/.default").token
-
-    return TokenAuthentication(token_for, cloud=cloud)
-
-
 # --------------------------------------------------------------------------- credentials
 class _CheckedCredential:
     """An azure-identity credential with a token cache; every token is registered as a secret.
@@ -311,37 +242,26 @@ class _CheckedCredential:
         return f"<Azure credential --auth {self.auth}>"
 
 
-@dataclass(frozen=True)
-class _Cloud:
-    name: str
-    authority: str  # Entra ID host
-    arm_scope: str  # token scope for ARM and for the AML MLflow endpoint
-
-
-# Kept here rather than read from azureml-mlflow: a failing sign-in must not first pay the
-# plugin's import (seconds on a busy machine). Values as in azureml-mlflow's KNOWN_CLOUDS.
-_CLOUDS = {
-    "AzureCloud": _Cloud("AzureCloud", "login.microsoftonline.com", "https://management.azure.com/.default"),
-    "AzureChinaCloud": _Cloud("AzureChinaCloud", "login.chinacloudapi.cn", "https://management.chinacloudapi.cn/.default"),
-    "AzureUSGovernment": _Cloud(
-        "AzureUSGovernment", "login.microsoftonline.us", "https://management.usgovcloudapi.net/.default"
-    ),
-}
-
-
 def _auth_fixes(tried: str) -> str:
     """The other --auth options, as the fix in a sign-in error."""
     options = [text for auth, text in _AUTH_FIXES.items() if auth != tried]
     return "use " + ", ".join(options[:-1]) + ", or " + options[-1]
 
 
-def _cloud(name: str | None = None) -> _Cloud:
+def _cloud(name: str | None = None):
     """The named cloud (AZUREML_CURRENT_CLOUD, default AzureCloud). An unknown name is refused:
     the plugin would fetch cloud metadata from ARM for it and print a long network error."""
-    name = name or os.environ.get("AZUREML_CURRENT_CLOUD") or "AzureCloud"
-    if name not in _CLOUDS:
-        raise LinkError(f"Unknown Azure cloud {name!r} (AZUREML_CURRENT_CLOUD): use one of {', '.join(_CLOUDS)}.")
-    return _CLOUDS[name]
+    from .arm import CLOUDS, cloud
+
+    try:
+        return cloud(name)
+    except KeyError as exc:
+        raise LinkError(f"Unknown Azure cloud {exc.args[0]!r} (AZUREML_CURRENT_CLOUD): use one of {', '.join(CLOUDS)}.") from None
+
+
+def cloud_scope(cloud_name: str | None = None) -> str:
+    """The token scope of ARM and of AML's MLflow endpoint in the current cloud."""
+    return _cloud(cloud_name).arm_scope
 
 
 def credential_for(auth: str, cloud_name: str | None = None, tenant_id: str | None = None, timeout: float = 10.0):
@@ -417,7 +337,7 @@ def check_credential(credential: _CheckedCredential, cloud_name: str | None, tim
     wait = _INTERACTIVE_TIMEOUT if credential.auth == "interactive" else timeout
     what = f"Azure sign-in with --auth {credential.auth}"
     try:
-        _within(wait, lambda: credential.get_token(scope))
+        within(wait, lambda: credential.get_token(scope))
     except TimeoutError:
         raise LinkError(
             f"{what} gave no token within {wait:g} s; {_auth_fixes(credential.auth)} "
@@ -427,7 +347,7 @@ def check_credential(credential: _CheckedCredential, cloud_name: str | None, tim
         raise LinkError(f"{what} failed ({first_line(exc, 200)}); {_auth_fixes(credential.auth)}.") from None
 
 
-def _within(seconds: float, work: Callable[[], Any]) -> Any:
+def within(seconds: float, work: Callable[[], Any]) -> Any:
     """Run `work` on a daemon thread and wait at most `seconds`.
 
     A daemon thread, not an executor: a credential stuck in a network call must neither
@@ -450,6 +370,120 @@ def _within(seconds: float, work: Callable[[], Any]) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+# --------------------------------------------------------------------------- Azure Resource Manager
+# The roles that grant what linking needs (read the workspace, MLflow runs and models).
+_ROLES = "the AzureML Data Scientist role (or Contributor)"
+
+
+def lookup_workspace(ref: WorkspaceRef, credential, cloud_name: str | None = None) -> WorkspaceInfo:
+    """What ARM says about the workspace; every failure is one LinkError line."""
+    from .arm import ResourceManager
+
+    cloud = _cloud(cloud_name)
+    resource = _arm_call(ref, credential, lambda: ResourceManager(credential, cloud).workspace(
+        ref.subscription, ref.resource_group, ref.workspace))
+    properties = resource.get("properties") or {}
+    location = resource.get("location")
+    # The MLflow host ARM gives (private-link workspaces have their own), else the discovery
+    # host, else the region's public host (what azureml-mlflow builds).
+    hosts = [urlsplit(properties.get(k) or "").netloc for k in ("mlFlowTrackingUri", "discoveryUrl")]
+    host = next((h for h in hosts if h), f"{location}.{cloud.mlflow_suffix}" if location else "")
+    return WorkspaceInfo(
+        mlflow_host=host,
+        location=location,
+        workspace_id=properties.get("workspaceId"),
+        tenant_id=properties.get("tenantId") or (resource.get("identity") or {}).get("tenantId"),
+    )
+
+
+def list_workspaces(credential, cloud_name: str | None = None, subscription: str | None = None,
+                    resource_group: str | None = None) -> list[WorkspaceRef]:
+    """AML workspaces of one resource group, one subscription, or every subscription the identity sees.
+
+    Across subscriptions, one that refuses (403) is skipped; if all refuse, that is the error.
+    """
+    from .arm import ArmError, ResourceManager
+
+    cloud = _cloud(cloud_name)
+    scope = WorkspaceRef(subscription or "-", resource_group or "-", "-", source="account")
+
+    def listing():
+        manager = ResourceManager(credential, cloud)
+        if subscription:
+            return manager.workspaces(subscription, resource_group)
+        found, refusals = [], []
+        subscriptions = manager.subscriptions()
+        for entry in subscriptions:
+            try:
+                found.extend(manager.workspaces(entry["subscriptionId"]))
+            except ArmError as exc:
+                if exc.status != 403:
+                    raise
+                refusals.append(exc)
+        if refusals and len(refusals) == len(subscriptions):
+            raise refusals[0]
+        return found
+
+    refs = []
+    for resource in _arm_call(scope, credential, listing):
+        match = _WORKSPACE_PATH.search(resource.get("id") or "")
+        if match and (resource.get("kind") or "").lower() != "hub":  # hubs hold no runs; their projects do
+            refs.append(WorkspaceRef(match.group("sub"), match.group("rg"), match.group("ws"), source="account",
+                                     location=resource.get("location")))
+    return sorted(refs, key=lambda r: (r.workspace.lower(), r.resource_group.lower()))
+
+
+def _arm_call(ref: WorkspaceRef, credential, work: Callable[[], Any]) -> Any:
+    """`work` within _ARM_TIMEOUT s, ARM's answers turned into one line naming the fix."""
+    from .arm import ArmError, ArmUnreachable
+
+    auth = getattr(credential, "auth", "default")
+    what = f"workspace {ref.workspace!r}" if ref.workspace != "-" else "the workspace list"
+    try:
+        return within(_ARM_TIMEOUT, work)
+    except ArmError as exc:
+        raise LinkError(_arm_failure(exc, ref, auth, what)) from None
+    except ArmUnreachable as exc:
+        raise LinkError(
+            f"Cannot reach Azure Resource Manager: {exc}. Check the network or proxy, or link the workspace's "
+            "azureml:// URI with --uri."
+        ) from None
+    except TimeoutError:
+        raise LinkError(
+            f"Azure Resource Manager did not answer within {_ARM_TIMEOUT:g} s about {what}: "
+            "check the network, or link the workspace's azureml:// URI with --uri."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - anything else from azure-core is one line too
+        raise LinkError(
+            f"Reading {what} from Azure Resource Manager failed ({first_line(exc, 200)}); check --auth, or link "
+            "the workspace's azureml:// URI with --uri."
+        ) from None
+
+
+def _arm_failure(exc, ref: WorkspaceRef, auth: str, what: str) -> str:
+    where = f" (named in {ref.source})" if ref.path else ""
+    code = exc.code.lower()
+    if code == "resourcegroupnotfound":
+        return (f"Resource group {ref.resource_group!r}{where} was not found in subscription {ref.subscription}: "
+                "check -g (the workspace's own resource group, not its managed one).")
+    if code in ("subscriptionnotfound", "invalidsubscriptionid"):
+        return (f"Subscription {ref.subscription}{where} was not found, or --auth {auth} is signed in to another "
+                "tenant: check -s, or sign in to the workspace's tenant.")
+    if exc.status == 404:
+        return (f"Azure ML workspace {ref.workspace!r}{where} was not found in resource group "
+                f"{ref.resource_group!r}: check -w (`%aml_link` with no arguments lists the workspaces you can see).")
+    if exc.status == 403:
+        scope = f"workspace {ref.workspace!r}" if ref.workspace != "-" else f"subscription {ref.subscription}"
+        return (f"The identity of --auth {auth} may not read {scope} (403 {exc.code}): ask for {_ROLES} "
+                "on the workspace or its resource group, or choose another --auth.")
+    if exc.status == 401:
+        return f"Azure Resource Manager refused the token of --auth {auth} (401 {exc.code}): sign in again, or {_auth_fixes(auth)}."
+    if exc.status == 429:
+        wait = f"in {exc.retry_after} s" if exc.retry_after else "in a minute"
+        return f"Azure Resource Manager is throttling this identity (429 {exc.code}) while reading {what}: try again {wait}."
+    return f"Azure Resource Manager refused reading {what} ({exc.status} {exc.code}: {exc.message[:200]})."
 
 
 # --------------------------------------------------------------------------- URIs
@@ -492,41 +526,28 @@ def _ref_from_uri(uri: str) -> WorkspaceRef:
 
 
 # --------------------------------------------------------------------------- linking
-def resolve_workspace_target(args, settings) -> Target:
-    """The Target for `--config [PATH]` or `-s/-g/-w`: checked credential + ARM lookup."""
+def resolve_workspace_target(args, settings, namespace: dict | None = None) -> Target:
+    """The Target for `--config [PATH]`, `-s/-g/-w`, or `-w VAR` alone (a workspace object in
+    `namespace`): checked credential + ARM lookup."""
+    alone = args.config is None and args.workspace and not (args.subscription or args.resource_group)
+    if alone and args.workspace.strip() in (namespace or {}):
+        return target_from_workspace_object(namespace[args.workspace.strip()], args.workspace.strip(), settings)
     if args.config is not None:
         ref = read_config_file(find_config_file(args.config or None))
     else:
         given = {"-s": args.subscription, "-g": args.resource_group, "-w": args.workspace}
         missing = [flag for flag, value in given.items() if not value]
         if missing:
+            sdk_v1 = "" if _has_sdk_v1() else " (a `Workspace` object of azureml-core needs pip install dbxml-magics[sdk-v1])"
             raise LinkError(
-                f"An AML workspace needs -s, -g and -w together (missing {', '.join(missing)}); "
-                "or use --config with the workspace's config.json."
+                f"An AML workspace needs -s, -g and -w together (missing {', '.join(missing)}), or -w VAR alone naming "
+                f"a workspace object in the notebook{sdk_v1}; or use --config with the workspace's config.json."
             )
         ref = _validated(WorkspaceRef(args.subscription.strip(), args.resource_group.strip(), args.workspace.strip()))
     timeout = float(getattr(settings, "credential_timeout", 10.0))
     credential = credential_for(getattr(args, "auth", None) or "default", None, ref.tenant_id, timeout)
     check_credential(credential, None, timeout)
-    cloud = _cloud().name
-    try:
-        info = _within(_ARM_TIMEOUT, lambda: arm.lookup_workspace(ref, credential, cloud))
-    except WorkspaceNotFound:
-        source = f" (named in {ref.source})" if ref.source != "-s/-g/-w" else ""
-        raise LinkError(
-            f"Azure ML workspace {ref}{source} was not found, or this identity may not read it: check the names, "
-            "or choose another --auth."
-        ) from None
-    except TimeoutError:
-        raise LinkError(
-            f"Azure Resource Manager did not answer within {_ARM_TIMEOUT:g} s about workspace {ref.workspace!r}: "
-            "check the network, or link the workspace's azureml:// URI with --uri."
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - any SDK failure is one line
-        raise LinkError(
-            f"Azure Resource Manager lookup of workspace {ref.workspace!r} failed ({first_line(exc, 200)}); "
-            "check the network and --auth, or link the workspace's azureml:// URI with --uri."
-        ) from None
+    info = lookup_workspace(ref, credential)
     return Target(
         uri=tracking_uri_for(ref, info.mlflow_host),
         kind="aml",
@@ -534,6 +555,74 @@ def resolve_workspace_target(args, settings) -> Target:
         studio_url=studio_url_for(ref, info.tenant_id or ref.tenant_id),
         credential=credential,
     )
+
+
+def _has_sdk_v1() -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec("azureml.core") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class _SdkV1Auth:
+    """azure-identity's `get_token` over an azureml-core auth object: its public
+    `get_authentication_header()` (an ARM token; AML's MLflow endpoint takes the same audience);
+    the expiry is the token's `exp` claim, or five minutes when it has none."""
+
+    def __init__(self, auth):
+        self._auth = auth
+
+    def get_token(self, *scopes, **kwargs):
+        import base64
+
+        from azure.core.credentials import AccessToken
+
+        token = self._auth.get_authentication_header()["Authorization"].split(" ", 1)[-1]
+        try:
+            payload = token.split(".")[1]
+            expires = int(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+        except (IndexError, ValueError, KeyError, TypeError):
+            expires = int(time.time()) + _TOKEN_MARGIN
+        return AccessToken(token, expires)
+
+
+def target_from_workspace_object(workspace, variable: str, settings=None) -> Target:
+    """The Target for a workspace object the notebook already holds, reusing its credential:
+    azureml-core's `Workspace` (the seed's `ws = Workspace.get(...)`: its own tracking URI) or
+    azure-ai-ml's `MLClient` (its ids, looked up over ARM)."""
+    module = type(workspace).__module__ or ""
+    timeout = float(getattr(settings, "credential_timeout", 10.0)) if settings is not None else 10.0
+    if module.startswith("azureml.core"):
+        if not _has_sdk_v1():
+            raise LinkError(f"{variable!r} is an azureml-core Workspace, and azureml-core is not installed: "
+                            "pip install dbxml-magics[sdk-v1], or link with -s/-g/-w or --config.")
+        ref = _validated(WorkspaceRef(workspace.subscription_id, workspace.resource_group, workspace.name,
+                                      source="-s/-g/-w"))
+        credential = _CheckedCredential(_SdkV1Auth(workspace._auth), "workspace-object")
+        check_credential(credential, None, timeout)
+        try:
+            host = urlsplit(within(_ARM_TIMEOUT, workspace.get_mlflow_tracking_uri)).netloc
+        except Exception as exc:  # noqa: BLE001 - the SDK's errors are long
+            raise LinkError(f"Workspace {variable!r} gave no MLflow tracking URI ({first_line(exc, 200)}); "
+                            "link with -s/-g/-w instead.") from None
+        tenant = None
+    elif module.startswith("azure.ai.ml") and hasattr(workspace, "workspace_name"):
+        if not workspace.workspace_name:
+            raise LinkError(f"MLClient {variable!r} names no workspace: build it with workspace_name=..., "
+                            "or link with -s/-g/-w.")
+        ref = _validated(WorkspaceRef(workspace.subscription_id, workspace.resource_group_name,
+                                      workspace.workspace_name, source="-s/-g/-w"))
+        credential = _CheckedCredential(workspace._credential, "workspace-object")
+        check_credential(credential, None, timeout)
+        info = lookup_workspace(ref, credential)
+        host, tenant = info.mlflow_host, info.tenant_id
+    else:
+        raise LinkError(f"{variable!r} is a {type(workspace).__name__}, not an Azure ML workspace object "
+                        "(azureml-core Workspace or azure-ai-ml MLClient): link with -s/-g/-w or --config.")
+    return Target(uri=tracking_uri_for(ref, host), kind="aml", workspace=ref.workspace,
+                  studio_url=studio_url_for(ref, tenant), credential=credential)
 
 
 def target_from_azureml_uri(uri: str, args=None, settings=None) -> Target:
@@ -635,11 +724,7 @@ def account_workspaces(settings=None, auth: str = "default") -> list[WorkspaceRe
     timeout = float(getattr(settings, "credential_timeout", 10.0)) if settings is not None else 10.0
     credential = credential_for(auth, None, None, timeout)
     check_credential(credential, None, timeout)
-    cloud = _cloud().name
-    try:
-        return list(_within(_ARM_TIMEOUT, lambda: arm.list_workspaces(credential, cloud)))
-    except Exception as exc:  # noqa: BLE001 - one line for the panel
-        raise LinkError(f"Cannot list Azure ML workspaces ({first_line(exc, 200)}); link with -s/-g/-w or --config.") from None
+    return list_workspaces(credential)
 
 
 def list_account_workspaces(settings=None, auth: str = "default", callback: Callable | None = None):

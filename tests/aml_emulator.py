@@ -6,6 +6,8 @@ real client code talks to after workspace lookup:
 - the **managed-identity token endpoint** (App Service protocol: `IDENTITY_ENDPOINT` +
   `IDENTITY_HEADER`), so azure-identity's real `ManagedIdentityCredential` obtains tokens
   over HTTP exactly as on Azure compute;
+- the region's **discovery** document (`/discovery`, anonymous), which azureml-core reads for
+  `Workspace.get_mlflow_tracking_uri()`;
 - the **workspace MLflow endpoint** `/mlflow/v2.0/subscriptions/<sub>/resourceGroups/<rg>/
   providers/Microsoft.MachineLearningServices/workspaces/<ws>/api/2.0/mlflow/...`: it rejects
   requests without a bearer token it issued (401), answers 404 for another workspace, strips
@@ -21,6 +23,7 @@ Artifacts: AML hands out `azureml://` artifact locations served by its own artif
 writes still work end to end, through MLflow's HTTP artifact repository.
 """
 
+import base64
 import json
 import secrets
 import threading
@@ -28,16 +31,24 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["AmlEmulator", "SeenRequest", "EmulatedResourceManager", "WORKSPACE_PREFIX", "link_line"]
+from arm_emulator import ArmEmulator, QuietHandler
+
+__all__ = ["AmlEmulator", "SeenRequest", "WORKSPACE_PREFIX", "link_line", "start_arm"]
 
 WORKSPACE_PREFIX = (
     "/mlflow/v2.0/subscriptions/{sub}/resourceGroups/{rg}"
     "/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
 )
 TOKEN_PATH = "/msi/token"
+TENANT_ID = "72f988bf-0000-0000-0000-000000000001"
+MANAGED_IDENTITY_CLIENT_ID = "5e1f0000-0000-4000-8000-00000000c11d"
+
+
+def _b64(part: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,8 @@ class AmlEmulator:
         self.token_requests = 0
         self.rejecting = False  # answer 401 to everything (an expired or revoked token)
         self.throttled_batches = 0  # answer 429 to this many log-batch requests (AML throttles)
+        self.token_lifetime = 3600  # seconds a token it issues is valid
+        self.arm: ArmEmulator | None = None  # Azure Resource Manager in front of it (`start_arm`)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -120,8 +133,13 @@ class AmlEmulator:
         with self._lock:
             self.requests.append(request)
 
-    def _issue_token(self) -> str:
-        token = "aml-emulator-" + secrets.token_urlsafe(24)
+    def _issue_token(self, resource: str = "https://management.azure.com/") -> str:
+        """A token shaped like Entra ID's (a JWT: SDKs read its claims), signed with nothing."""
+        now = int(time.time())
+        claims = {"aud": resource, "iss": f"https://sts.windows.net/{TENANT_ID}/", "tid": TENANT_ID,
+                  "appid": MANAGED_IDENTITY_CLIENT_ID, "oid": "00000000-0000-0000-0000-0000000000aa",
+                  "iat": now, "nbf": now, "exp": now + self.token_lifetime}
+        token = ".".join(_b64(part) for part in ({"typ": "JWT", "alg": "RS256"}, claims)) + "." + secrets.token_urlsafe(24)
         with self._lock:
             self.tokens_issued.append(token)
             self.token_requests += 1
@@ -152,24 +170,7 @@ def _count_metric_points(path: str, body: bytes) -> int:
 
 
 def _handler_for(emulator: AmlEmulator):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-        def do_GET(self):
-            self._handle()
-
-        def do_POST(self):
-            self._handle()
-
-        def do_PATCH(self):
-            self._handle()
-
-        def do_DELETE(self):
-            self._handle()
-
+    class Handler(QuietHandler):
         def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -186,6 +187,11 @@ def _handler_for(emulator: AmlEmulator):
             parts = urlsplit(self.path)
             if parts.path == TOKEN_PATH:
                 return self._token(parts.query)
+            if parts.path == "/discovery":  # the region's service map, anonymous as on AML
+                host = emulator.host_url
+                services = {key: host for key in ("api", "catalog", "experimentation", "history", "hyperdrive",
+                                                  "modelmanagement", "pipelines")}
+                return self._reply(200, json.dumps({**services, "studio": "https://ml.azure.com"}).encode())
             authorized = emulator._token_is_valid(self.headers.get("Authorization"))
             inner = parts.path[len(emulator.prefix):] if parts.path.startswith(emulator.prefix) else None
             status = self._mlflow(parts, inner, body, authorized)
@@ -205,10 +211,10 @@ def _handler_for(emulator: AmlEmulator):
             if self.headers.get("X-IDENTITY-HEADER") != emulator.identity_header:
                 return self._reply(401, b'{"error": "invalid identity header"}')
             resource = parse_qs(query).get("resource", [""])[0]
-            token = emulator._issue_token()
+            token = emulator._issue_token(resource)
             payload = {
                 "access_token": token,
-                "expires_on": str(int(time.time()) + 3600),
+                "expires_on": str(int(time.time()) + emulator.token_lifetime),
                 "resource": resource,
                 "token_type": "Bearer",
             }
@@ -241,43 +247,6 @@ def _handler_for(emulator: AmlEmulator):
     return Handler
 
 
-# ---------------------------------------------------------------------- the ARM double
-class EmulatedResourceManager:
-    """Stands in for `dbxml_magics.workspace.arm`, the one seam that talks to Azure Resource
-    Manager: it knows the emulator's workspace (and any `extra` refs for listing)."""
-
-    def __init__(self, emulator: AmlEmulator | None, mlflow_host: str | None = None, extra=()):
-        self.emulator = emulator
-        self.mlflow_host = mlflow_host or (emulator.host_url if emulator else None)
-        self.extra = list(extra)
-        self.lookups: list = []
-        self.listings = 0
-
-    def lookup_workspace(self, ref, credential, cloud):
-        from dbxml_magics.workspace import WorkspaceInfo, WorkspaceNotFound
-
-        # What ARM needs: a bearer token for the cloud's management scope.
-        credential.get_token("https://management.azure.com/.default")
-        self.lookups.append((ref, cloud))
-        known = self.emulator is not None and (ref.subscription, ref.resource_group, ref.workspace) == (
-            self.emulator.subscription, self.emulator.resource_group, self.emulator.workspace
-        )
-        if not known:
-            raise WorkspaceNotFound(f"ResourceNotFound: workspace {ref.workspace} was not found")
-        return WorkspaceInfo(mlflow_host=self.mlflow_host, location="local", workspace_id="emulated")
-
-    def list_workspaces(self, credential, cloud):
-        from dbxml_magics.workspace import WorkspaceRef
-
-        credential.get_token("https://management.azure.com/.default")
-        self.listings += 1
-        refs = list(self.extra)
-        if self.emulator is not None:
-            e = self.emulator
-            refs.append(WorkspaceRef(e.subscription, e.resource_group, e.workspace, source="account", location="local"))
-        return refs
-
-
 # ---------------------------------------------------------------------- fixtures
 import pytest  # noqa: E402 - fixtures below; the classes above work without pytest
 
@@ -285,7 +254,7 @@ _AZURE_ENV = (
     "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
     "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_USERNAME", "AZURE_PASSWORD", "AZURE_FEDERATED_TOKEN_FILE",
     "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",
-    "IMDS_ENDPOINT", "AZUREML_CURRENT_CLOUD", "AZURE_CONFIG_DIR",
+    "IMDS_ENDPOINT", "AZUREML_CURRENT_CLOUD", "AZURE_CONFIG_DIR", "ARM_CLOUD_METADATA_URL", "REQUESTS_CA_BUNDLE",
 )
 
 
@@ -319,17 +288,27 @@ def identity_endpoint():
     emulator.stop()
 
 
+def start_arm(emulator: AmlEmulator, monkeypatch) -> ArmEmulator:
+    """An ARM emulator that accepts the tokens `emulator` issues, found and trusted through the
+    environment (ARM_CLOUD_METADATA_URL, REQUESTS_CA_BUNDLE); `emulator.arm` holds it."""
+    arm = ArmEmulator(lambda token: token in emulator.tokens_issued).start()
+    for name, value in arm.env.items():
+        monkeypatch.setenv(name, value)
+    emulator.arm = arm
+    return arm
+
+
 @pytest.fixture
 def aml_workspace(aml_emulator, azure_env, monkeypatch):
-    """ARM double installed, and a managed identity served by the emulator: `%aml_link
-    -s/-g/-w --auth managed-identity` (or `default`) reaches the emulated workspace."""
-    from dbxml_magics import workspace
-
+    """A managed identity served by the emulator, and an ARM emulator (`aml_workspace.arm`) that
+    knows its workspace: `%aml_link -s/-g/-w --auth managed-identity` (or `default`) reaches it."""
     for name, value in aml_emulator.identity_env.items():
         monkeypatch.setenv(name, value)
-    manager = EmulatedResourceManager(aml_emulator)
-    monkeypatch.setattr(workspace, "arm", manager)
-    return aml_emulator
+    arm = start_arm(aml_emulator, monkeypatch)
+    e = aml_emulator
+    arm.add_workspace(e.subscription, e.resource_group, e.workspace, mlflow_host=e.host_url)
+    yield aml_emulator
+    arm.stop()
 
 
 def link_line(emulator: AmlEmulator, extra: str = "") -> str:

@@ -64,9 +64,10 @@ class MlflowServer:
         )
         log.close()
         try:
-            wait_http(self.uri + "/health", timeout=120, process=self.process)
+            # MLflow 3 starts uvicorn and job consumers: 154 s measured with load 24 on 2 cores.
+            wait_http(self.uri + "/health", timeout=300, process=self.process)
         except BaseException:
-            self.stop()  # a server that never answered must not outlive the test session
+            self.stop()  # a server that never answered must not outlive the failed fixture
             raise
         return self
 

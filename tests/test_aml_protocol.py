@@ -1,6 +1,7 @@
 """%aml_link to Azure ML through the real azureml-mlflow plugin, against an emulated endpoint.
 
-Only Azure Resource Manager is doubled (`workspace.arm`). Tokens come from azure-identity's
+Nothing on the Azure path is a Python double: workspace lookups go over TLS to the ARM
+emulator on loopback (`arm_emulator.py`). Tokens come from azure-identity's
 real ManagedIdentityCredential talking to the emulator's token endpoint; MLflow calls go
 through the plugin's AzureMLRestStore to the emulator, which checks the bearer token and the
 workspace path and forwards to a real `mlflow server`.
@@ -30,7 +31,8 @@ def test_aml_only_track_goes_through_the_plugin_in_batches(ext, shell, aml_works
     assert link.primary.kind == "aml"
     assert link.primary.uri == emulator.tracking_uri
     assert mlflow.get_tracking_uri() == emulator.tracking_uri
-    assert link.primary.studio_url == f"https://ml.azure.com/?wsid={emulator.prefix.split('/mlflow/v2.0')[1]}"
+    arm_id = emulator.prefix.split('/mlflow/v2.0')[1]
+    assert link.primary.studio_url == f"https://ml.azure.com/?wsid={arm_id}&tid={emulator.arm.tenant_id}"  # tenant from ARM
     emulator.clear()
 
     started = time.perf_counter()
@@ -61,7 +63,7 @@ def test_aml_only_track_goes_through_the_plugin_in_batches(ext, shell, aml_works
     details = ext.run_details(run_id)
     assert details.histories["loss"][-1] == (299, pytest.approx(1 / 300))
     workspace_id = emulator.prefix.split("/mlflow/v2.0")[1]
-    assert details.ui_url == f"https://ml.azure.com/runs/{run_id}?wsid={workspace_id}"
+    assert details.ui_url == f"https://ml.azure.com/runs/{run_id}?wsid={workspace_id}&tid={emulator.arm.tenant_id}"
 
 
 def test_both_mode_mirrors_to_aml_with_mapped_experiment(ext, shell, aml_workspace, mlflow_server, tmp_path):

@@ -1,7 +1,7 @@
 """workspace.py: config.json discovery, credential selection, URIs, and atomic link failures.
 
-Only `workspace.arm` (the Azure Resource Manager seam) is replaced; credentials are real
-azure-identity objects built from the environment.
+Nothing on the Azure path is replaced: credentials are real azure-identity objects built from
+the environment, and Azure Resource Manager is the TLS emulator on loopback (`arm_emulator.py`).
 """
 
 import json
@@ -15,7 +15,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from aml_emulator import (  # noqa: F401 - fixtures
-    EmulatedResourceManager, aml_emulator, aml_workspace, azure_env, identity_endpoint, link_line,
+    aml_emulator, aml_workspace, azure_env, identity_endpoint, link_line, start_arm,
 )
 from dbxml_magics import workspace
 from dbxml_magics.errors import LinkError
@@ -174,25 +174,39 @@ def test_tokens_are_cached_and_registered_as_secrets(identity_endpoint, azure_en
 def test_listing_account_workspaces_never_blocks(azure_env, identity_endpoint, monkeypatch):
     for name, value in identity_endpoint.identity_env.items():
         monkeypatch.setenv(name, value)
+    arm = start_arm(identity_endpoint, monkeypatch)
     release = threading.Event()
+    listed = arm.route("GET", r"/subscriptions", ("2022-12-01",))
 
-    class SlowResourceManager(EmulatedResourceManager):
-        def list_workspaces(self, credential, cloud):
-            release.wait(10)
-            return super().list_workspaces(credential, cloud)
+    @listed
+    def slow_subscriptions(request):  # ARM taking its time
+        release.wait(10)
+        return arm._list_subscriptions(request)
 
-    monkeypatch.setattr(workspace, "arm", SlowResourceManager(identity_endpoint))
-    assert workspace.azure_credentials_available()
-    done = []
-    started = time.monotonic()
-    future = workspace.list_account_workspaces(auth="managed-identity", callback=done.append)
-    assert time.monotonic() - started < 0.5 and not future.done()
-    release.set()
-    refs = future.result(timeout=10)
-    assert [(r.workspace, r.source) for r in refs] == [(identity_endpoint.workspace, "account")]
-    assert done == [future]
-    with pytest.raises(LinkError, match="never signs in interactively"):
-        workspace.list_account_workspaces(auth="interactive").result(timeout=5)
+    other = "99999999-1111-2222-3333-444444444444"
+    arm.add_workspace(SUB, "rg-b", "ws-b", "https://westeurope.api.azureml.ms", location="westeurope")
+    arm.add_workspace(SUB, "rg-a", "ws-a", "https://westeurope.api.azureml.ms")
+    arm.add_workspace(other, "rg-c", "ws-c", "https://eastus.api.azureml.ms", location="eastus")
+    arm.add_workspace(SUB, "rg-a", "hub-a", "https://westeurope.api.azureml.ms", kind="Hub")
+    arm.page_size = 1  # every list is paged through nextLink
+    try:
+        assert workspace.azure_credentials_available()
+        done = []
+        started = time.monotonic()
+        future = workspace.list_account_workspaces(auth="managed-identity", callback=done.append)
+        assert time.monotonic() - started < 0.5 and not future.done()
+        release.set()
+        refs = future.result(timeout=20)
+        assert [(r.workspace, r.resource_group, r.source) for r in refs] == [
+            ("ws-a", "rg-a", "account"), ("ws-b", "rg-b", "account"), ("ws-c", "rg-c", "account")
+        ]
+        assert done == [future]
+        assert all(r.authorized and r.status == 200 for r in arm.seen(path_part="/subscriptions"))
+        assert {r.api_version for r in arm.seen(path_part="/workspaces")} == {"2024-10-01"}
+        with pytest.raises(LinkError, match="never signs in interactively"):
+            workspace.list_account_workspaces(auth="interactive").result(timeout=5)
+    finally:
+        arm.stop()
 
 
 def test_no_credentials_hint_is_offline(azure_env):
@@ -215,21 +229,71 @@ def _assert_unchanged(ext, before_link, before_uri):
     assert mlflow.get_tracking_uri() == before_uri
 
 
-def test_config_link_resolves_through_the_seam(ext, shell, aml_workspace, tmp_path):
+def test_config_link_resolves_through_arm(ext, shell, aml_workspace, tmp_path):
     _config(tmp_path / ".azureml", aml_workspace.subscription, aml_workspace.resource_group, aml_workspace.workspace)
     link = shell.run_line_magic("aml_link", "--config --auth managed-identity")
     assert link.primary.uri == aml_workspace.tracking_uri
     assert link.primary.workspace == aml_workspace.workspace
-    [(ref, cloud)] = workspace.arm.lookups
-    assert ref.source == str(tmp_path / ".azureml" / "config.json") and cloud == "AzureCloud"
+    [lookup] = aml_workspace.arm.seen("GET", "/workspaces/")
+    assert lookup.path.endswith(f"/workspaces/{aml_workspace.workspace}") and lookup.authorized
+    assert lookup.api_version == "2024-10-01"
 
 
-def test_unknown_workspace_changes_nothing(ext, shell, aml_workspace):
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        ((SUB, "rg-test", "ws-nope"), r"workspace 'ws-nope' was not found in resource group 'rg-test': check -w"),
+        ((SUB, "rg-nope", "ws-test"), r"Resource group 'rg-nope' was not found in subscription .*check -g"),
+        (("99999999-1111-2222-3333-444444444444", "rg-test", "ws-test"), r"Subscription 9999.* was not found.*check -s"),
+    ],
+)
+def test_unknown_workspace_changes_nothing(ext, shell, aml_workspace, ids, message):
     before_link, before_uri = ext.link, mlflow.get_tracking_uri()
-    with pytest.raises(UsageError, match=r"workspace ws-nope .* was not found, or this identity may not read it") as info:
-        shell.run_line_magic("aml_link", f"-s {SUB} -g rg-test -w ws-nope --auth managed-identity")
+    with pytest.raises(UsageError, match=message) as info:
+        shell.run_line_magic("aml_link", f"-s {ids[0]} -g {ids[1]} -w {ids[2]} --auth managed-identity")
     assert "\n" not in str(info.value)
     _assert_unchanged(ext, before_link, before_uri)
+
+
+def test_arm_refusals_are_one_line_naming_the_fix(ext, shell, aml_workspace):
+    arm = aml_workspace.arm
+    line = link_line(aml_workspace, "--auth managed-identity")
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    arm.denied.add(f"/subscriptions/{SUB}/resourcegroups/rg-test")
+    with pytest.raises(UsageError, match=r"--auth managed-identity may not read workspace 'ws-test' \(403 "
+                       r"AuthorizationFailed\): ask for the AzureML Data Scientist role \(or Contributor\)"):
+        shell.run_line_magic("aml_link", line)
+    arm.denied.clear()
+    arm.throttled = 5
+    with pytest.raises(UsageError, match=r"throttling this identity \(429 TooManyRequests\).*try again in 7 s"):
+        shell.run_line_magic("aml_link", line)
+    assert arm.throttled == 4, "a 429 is reported at once, not slept through"
+    arm.throttled = 0
+    arm.stop()
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=r"Cannot reach Azure Resource Manager: no answer from https://127.0.0.1"):
+        shell.run_line_magic("aml_link", line)
+    assert time.monotonic() - started < 10
+    _assert_unchanged(ext, before_link, before_uri)
+
+
+def test_arm_checks_token_and_api_version(aml_workspace):
+    import requests
+
+    url = aml_workspace.arm.url + f"subscriptions/{SUB}/resourceGroups/rg-test/providers/" \
+        "Microsoft.MachineLearningServices/workspaces/ws-test"
+    ca = str(aml_workspace.arm.ca_path)
+    answer = requests.get(url + "?api-version=2024-10-01", headers={"Authorization": "Bearer forged"}, verify=ca)
+    assert answer.status_code == 401 and answer.json()["error"]["code"] == "InvalidAuthenticationToken"
+    token = aml_workspace._issue_token()
+    answer = requests.get(url + "?api-version=1999-01-01", headers={"Authorization": f"Bearer {token}"}, verify=ca)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "NoRegisteredProviderFound"
+    answer = requests.get(url + "?api-version=2024-10-01", headers={"Authorization": f"Bearer {token}"}, verify=ca)
+    assert answer.json()["properties"]["mlFlowTrackingUri"].startswith(f"azureml://{aml_workspace.netloc}/mlflow/")
+    plain = requests.Session()
+    plain.trust_env = False  # without REQUESTS_CA_BUNDLE the certificate is not trusted
+    with pytest.raises(requests.exceptions.SSLError):
+        plain.get(url, timeout=5)
 
 
 def test_malformed_config_link_changes_nothing(ext, shell, tmp_path):
@@ -262,7 +326,8 @@ def test_unreachable_endpoint_changes_previous_aml_link_nothing(ext, shell, aml_
     first = shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
     from servers import free_port
 
-    monkeypatch.setattr(workspace.arm, "mlflow_host", f"http://127.0.0.1:{free_port()}")
+    e = aml_workspace
+    e.arm.add_workspace(e.subscription, e.resource_group, e.workspace, mlflow_host=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(UsageError, match=r"Cannot reach Azure ML workspace 'ws-test' .*previous link is unchanged"):
         shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
     _assert_unchanged(ext, first, aml_workspace.tracking_uri)
@@ -302,20 +367,62 @@ def test_link_track_unlink_track(ext, shell, mlflow_server, tmp_path):
         server.get_run(local_run)
 
 
-def test_azureml_core_auth_bridge_uses_our_credential(identity_endpoint, azure_env, monkeypatch):
-    """The real ARM lookup hands azureml-core a TokenAuthentication backed by our credential."""
-    for name, value in identity_endpoint.identity_env.items():
-        monkeypatch.setenv(name, value)
-    credential = workspace.credential_for("managed-identity")
-    auth = workspace._sdk_auth(credential, "AzureCloud")
-    assert auth._get_arm_token() in identity_endpoint.tokens_issued
-    assert identity_endpoint.token_requests == 1
-
-
 def test_cloud_table_matches_the_plugin():
     from azureml.mlflow._common._cloud.cloud import KNOWN_CLOUDS
 
-    for name, cloud in workspace._CLOUDS.items():
+    from dbxml_magics.arm import CLOUDS
+
+    for name, cloud in CLOUDS.items():
         assert (cloud.authority, cloud.arm_scope) == (
             KNOWN_CLOUDS[name]._get_authority(), KNOWN_CLOUDS[name]._get_default_scope()
         )
+
+
+# ----------------------------------------------------------------------- -w VAR: a workspace object
+def test_seed_workspace_object_links_with_its_uri_and_auth(ext, shell, aml_workspace, mlflow_server):
+    """The seed's flow with azureml-core (the sdk-v1 extra): `ws = Workspace.get(...)` over the ARM
+    emulator, then `%aml_link -w ws` reuses its tracking URI and its authentication."""
+    from azureml.core import Workspace
+    from azureml.core.authentication import TokenAuthentication
+
+    e = aml_workspace
+    issued = []
+
+    def token_for(audience):  # the user's own auth object; tokens from the emulated identity
+        issued.append(e._issue_token())
+        return issued[-1]
+
+    ws = Workspace.get(name=e.workspace, subscription_id=e.subscription, resource_group=e.resource_group,
+                       auth=TokenAuthentication(token_for))
+    shell.user_ns["ws"] = ws
+    link = shell.run_line_magic("aml_link", "-w ws")
+    assert link.primary.kind == "aml" and link.primary.uri == e.tracking_uri
+    assert e.arm.seen("GET", f"/workspaces/{e.workspace}"), "azureml-core read the workspace from the ARM emulator"
+    shell.run_cell_magic("track", "seed --no-source --metrics m", "m = 0.5")
+    assert ext.journal.pending() == 0
+    assert any(r.path.endswith("/runs/log-batch") and r.authorized for r in e.mlflow_requests())
+    assert issued, "the Workspace's own auth signed the MLflow requests"
+
+
+def test_workspace_variable_that_is_not_a_workspace_is_one_line(ext, shell, azure_env):
+    shell.user_ns["ws"] = 42
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    with pytest.raises(UsageError, match=r"'ws' is a int, not an Azure ML workspace object"):
+        shell.run_line_magic("aml_link", "-w ws")
+    with pytest.raises(UsageError, match=r"needs -s, -g and -w together \(missing -s, -g\), or -w VAR alone"):
+        shell.run_line_magic("aml_link", "-w not_defined")
+    _assert_unchanged(ext, before_link, before_uri)
+
+
+def test_no_default_path_needs_azureml_core(ext, shell, aml_workspace, monkeypatch):
+    """azureml-core is the sdk-v1 extra: with it unimportable, -s/-g/-w and the listing still work,
+    and -w with no such variable says how to get the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "azureml.core", None)  # `import azureml.core` now fails
+    link = shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
+    assert link.primary.uri == aml_workspace.tracking_uri
+    refs = workspace.account_workspaces(auth="managed-identity")
+    assert [r.workspace for r in refs] == [aml_workspace.workspace]
+    with pytest.raises(UsageError, match=r"or -w VAR alone .*pip install dbxml-magics\[sdk-v1\]"):
+        shell.run_line_magic("aml_link", "-w ws_never_assigned")
