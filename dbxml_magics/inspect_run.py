@@ -13,7 +13,7 @@ from .errors import DbxmlError
 from .targets import Target
 from .masking import redact
 
-__all__ = ["RunDetails", "read_run_details", "run_ui_url"]
+__all__ = ["RunDetails", "read_run_details", "run_ui_url", "store_ui_url", "databricks_host"]
 
 # Enough to see what a run holds without a slow click on a run with thousands of files.
 MAX_ARTIFACTS = 200
@@ -40,10 +40,15 @@ class RunDetails:
     models: list = field(default_factory=list)  # ModelRecord of this session registered from the run
     scorings: list = field(default_factory=list)  # ScoreRecord of this session using those models
     ui_url: str | None = None
+    # The same run's copy in `both` mode's mirror store, once the journal has created it there.
+    mirror_run_id: str | None = None
+    mirror_store: str | None = None
+    mirror_ui_url: str | None = None
 
 
 def run_ui_url(target: Target, experiment_id: str, run_id: str) -> str | None:
-    """Where a person sees the run: MLflow's UI for http stores, AML studio for AML ones.
+    """Where a person sees the run: MLflow's UI for http stores (and for the embedded store
+    while `%aml_ui` serves it), AML studio for AML ones, the workspace for Databricks.
 
     Credentials are stripped from the address, not masked: a link carrying `***` would
     only fail to log in, while a bare one lets the browser ask for them.
@@ -52,15 +57,44 @@ def run_ui_url(target: Target, experiment_id: str, run_id: str) -> str | None:
         from .workspace import studio_run_url
 
         return studio_run_url(target.studio_url, run_id) if target.studio_url else None
+    base = store_ui_url(target)
+    return f"{base}/{experiment_id}/runs/{run_id}" if base else None
+
+
+def store_ui_url(target: Target) -> str | None:
+    """The store's own UI: MLflow's experiments page, AML studio, the Databricks experiments page."""
+    if target.kind == "aml":
+        return target.studio_url or None
     if target.kind == "databricks":
-        host = os.environ.get("DATABRICKS_HOST", "").rstrip("/")
-        return f"{host}/#mlflow/experiments/{experiment_id}/runs/{run_id}" if host else None
+        host = databricks_host()
+        return f"{host}/#mlflow/experiments" if host else None
+    from .ui_server import serves, ui_url_for
+
+    if serves(target):
+        url = ui_url_for(target.uri)
+        return f"{url}/#/experiments" if url else None
     parts = urlsplit(target.uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
     base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments"
+
+
+def databricks_host() -> str | None:
+    """The workspace URL: DATABRICKS_HOST, else what the Databricks notebook context knows
+    (a Databricks notebook does not set DATABRICKS_HOST)."""
+    host = os.environ.get("DATABRICKS_HOST", "")
+    if not host:
+        try:
+            from mlflow.utils import databricks_utils
+
+            host = databricks_utils.get_workspace_info_from_dbutils()[0] or databricks_utils.get_workspace_url() or ""
+        except Exception:  # noqa: BLE001 - outside Databricks there is simply no context
+            host = ""
+    if host and "://" not in host:
+        host = f"https://{host}"
+    return host.rstrip("/") or None
 
 
 def _store_of(session, record) -> Target:
@@ -99,6 +133,7 @@ def read_run_details(session, run_id: str) -> RunDetails:
     models = [m for m in session.models if m.source_run_id == run_id]
     model_refs = {m.model_uri for m in models} | {f"models:/{m.name}/{m.version}" for m in models}
     scorings = [s for s in session.scorings if s.run_id == run_id or s.model_uri in model_refs]
+    mirror, mirror_id, mirror_url = _mirror_copy(session, record, target)
     return RunDetails(
         run_id=run_id,
         name=info.run_name or run_id,
@@ -116,7 +151,31 @@ def read_run_details(session, run_id: str) -> RunDetails:
         models=models,
         scorings=scorings,
         ui_url=run_ui_url(target, info.experiment_id, run_id),
+        mirror_run_id=mirror_id,
+        mirror_store=mirror.display if mirror else None,
+        mirror_ui_url=mirror_url,
     )
+
+
+def _mirror_copy(session, record, primary: Target) -> tuple[Target | None, str | None, str | None]:
+    """`both` mode: the mirror store, the run's id there and its page, once the journal made it.
+
+    The page needs the mirror's experiment id: one read of the mirror run, only when its
+    store has a UI to link to (never for the embedded store without `%aml_ui`)."""
+    mirror = next((t for t in session.link.targets if t.display != primary.display), None)
+    mirror_id = session.mirror_run_id(record) if record is not None and mirror is not None else None
+    if mirror_id is None:
+        return None, None, None
+    url = None
+    if mirror.kind == "aml" or store_ui_url(mirror):
+        try:
+            import mlflow
+
+            experiment_id = mlflow.MlflowClient(tracking_uri=mirror.uri).get_run(mirror_id).info.experiment_id
+            url = run_ui_url(mirror, experiment_id, mirror_id)
+        except Exception:  # noqa: BLE001 - the id is still shown; the link waits for the store
+            url = None
+    return mirror, mirror_id, url
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -111,6 +111,7 @@ class Journal:
         self._owned: dict[str, list[str]] = {}  # primary run id -> target keys
         self._params: dict[str, dict[str, str]] = {}  # params queued per owned run
         self._latest_metrics: dict[str, dict[str, float]] = {}  # last value per key per owned run
+        self._live_points: dict[str, dict[str, list]] = {}  # (step, value) per key of running owned runs
         self._inner_stores: dict[str, object] = {}
         self._flushers: dict[str, _TargetFlusher] = {}
         self._progress = threading.Condition()
@@ -275,6 +276,11 @@ class Journal:
         """The last value logged in this process for each metric of an owned run."""
         return dict(self._latest_metrics.get(run_id, {}))
 
+    def live_history(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
+        """(step, value) points logged in this process for each metric of a run still running,
+        in logging order: what the panel plots live without asking the store."""
+        return {key: list(points) for key, points in self._live_points.get(run_id, {}).items()}
+
     def owns(self, run_id: str) -> bool:
         return run_id in self._owned
 
@@ -337,8 +343,10 @@ class Journal:
         self._check_params(run_id, params)
         if metrics:
             latest = self._latest_metrics.setdefault(run_id, {})
+            live = self._live_points.setdefault(run_id, {})
             for metric in metrics:
                 latest[metric.key] = metric.value
+                live.setdefault(metric.key, []).append((metric.step, metric.value))
         payload = {
             "metrics": [_metric_to_list(m) for m in metrics],
             "params": [[p.key, p.value] for p in params],
@@ -349,6 +357,7 @@ class Journal:
     def update_run(self, run_id, status=None, end_time=None, run_name=None) -> None:
         self.append(run_id, "update", {"status": status, "end_time": end_time, "run_name": run_name})
         if status is not None and status not in ("RUNNING", "SCHEDULED"):
+            self._live_points.pop(run_id, None)  # an ended run is read from its store
             if len(self._owned.get(run_id, [])) > 1:
                 # Artifacts user code logged directly to the primary follow the run to the mirror.
                 self._insert(self._db(), self._owned[run_id][1], run_id, "copy_artifacts", {})

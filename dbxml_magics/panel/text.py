@@ -112,8 +112,13 @@ def run_text(details) -> str:
         f"Run {details.name}: {details.status}, {details.run_id}, started {format_clock(details.start_time)}, "
         f"{run_duration(details)}, in {details.store}",
         f"  {details.ui_url}" if details.ui_url else
-        f"  no web UI for this store; see it with: mlflow ui --backend-store-uri {details.store}",
+        f"  no web UI running for {details.store}; run %aml_ui to see it in MLflow's UI",
     ]
+    if details.mirror_run_id:
+        lines.append(
+            f"  mirror copy {details.mirror_run_id} in {details.mirror_store}"
+            + (f": {details.mirror_ui_url}" if details.mirror_ui_url else "")
+        )
 
     def section(title: str, header: tuple, rows: list, empty: str) -> None:
         lines.extend([f"{title}:", *_text_table(header, rows)] if rows else [f"{title}: {empty}"])

@@ -1,0 +1,97 @@
+"""Live metrics while a tracked cell runs: its row and the open inspector, at most twice a second.
+
+Everything shown comes from what the journal has already accepted in this process
+(`Journal.live_history`), so watching a run costs the store nothing. The updates run on
+one daemon thread of the panel; ipykernel hands comm messages from any thread to its IOPub
+thread, and the table's and inspector's locks keep this thread and the kernel's from
+interleaving changes to one widget. The thread ends when no run is running and starts
+again with the next run.
+"""
+
+import threading
+import time
+
+from ..session import Session
+from .text import key_metrics
+
+__all__ = ["LiveUpdates", "INTERVAL"]
+
+# At most twice a second, as the SPEC asks; slower when drawing the plots takes longer.
+INTERVAL = 0.5
+# Share of one core the plots may take: the training cell is what the user waits for.
+PLOT_SHARE = 0.1
+
+
+def live_text(history: dict[str, list[tuple[int, float]]], settings) -> str:
+    """`name=value ... step N`: the latest value of the key metrics and the newest step."""
+    latest = {name: points[-1][1] for name, points in history.items() if points}
+    shown = key_metrics(latest, list(settings.key_metrics), settings.panel_max_metrics)
+    step = max((points[-1][0] for points in history.values() if points), default=0)
+    return "  ".join(f"{name}={value:.4g}" for name, value in shown) + f"  step {step}"
+
+
+class LiveUpdates:
+    """The panel's updater thread for running runs."""
+
+    def __init__(self, session: Session, runs, inspector, report):
+        self.session = session
+        self.runs = runs
+        self.inspector = inspector
+        self.report = report
+        self.ticks = 0  # passes that changed something (for tests and the benchmark)
+        self._seen: dict[str, tuple[int, bool]] = {}  # run id -> (points, inspector shown) at the last pass
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """A run started: make sure the thread runs."""
+        with self._lock:
+            if self._stop.is_set() or (self._thread is not None and self._thread.is_alive()):
+                return
+            self._thread = threading.Thread(target=self._loop, name="dbxml-panel-live", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                running = self._running()
+                if not running:
+                    self._thread = None
+                    return
+            started = time.monotonic()
+            try:
+                for record in running:
+                    self.update(record)
+            except Exception as exc:  # noqa: BLE001 - shown in the panel, never lost in a thread
+                self.report(exc)
+            spent = time.monotonic() - started
+            self._stop.wait(max(INTERVAL, spent / PLOT_SHARE))
+
+    def _running(self) -> list:
+        if not self.session.journal_started:
+            return []
+        return [record for record in self.session.runs[-50:] if record.status == "RUNNING"]
+
+    def update(self, record) -> bool:
+        """One pass for one running run; False when nothing new was logged."""
+        history = self.session.journal.live_history(record.run_id)
+        if not history or record.status != "RUNNING":
+            return False
+        shown = self.inspector.run_id == record.run_id
+        seen = (sum(len(points) for points in history.values()), shown)
+        if self._seen.get(record.run_id) == seen:
+            return False
+        self._seen[record.run_id] = seen
+        self.runs.show_live(record.run_id, live_text(history, self.session.settings))
+        if shown:
+            self.inspector.show_live(record, history)
+        self.ticks += 1
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
