@@ -24,8 +24,9 @@ from .targets import Target
 
 __all__ = ["UiServer", "StoreUi", "UiLinks", "store_uis", "serves", "start_ui", "stop_ui", "stop_all", "ui_url_for", "UiError"]
 
-# `mlflow server` imports MLflow, Flask and the SQL schema code: 5-20 s on a busy machine.
-START_TIMEOUT = 120.0
+# `mlflow server` imports MLflow, FastAPI and the SQL schema code: 5-20 s on a quiet machine,
+# over two minutes measured on a 2-core machine with a load of 30.
+START_TIMEOUT = 300.0
 
 
 class UiError(DbxmlError):
@@ -71,6 +72,7 @@ class StoreUi:
     url: str | None
     started_here: bool  # a local `mlflow server` this session runs
     note: str = ""
+    page: str | None = None  # what the inline UI opens: the experiment of the session's latest run there
 
 
 _servers: dict[str, UiServer] = {}  # embedded store URI -> its server
@@ -137,11 +139,10 @@ def store_uis(session, start: bool = True) -> list[StoreUi]:
         if target is None:
             continue
         if serves(target):
-            if start:
-                url = start_ui(target, session.state_dir).url
-            else:
-                url = ui_url_for(target.uri)
-            found.append(StoreUi(role, target.display, url, True))
+            url = start_ui(target, session.state_dir).url if start else ui_url_for(target.uri)
+            experiment = next((r.experiment_id for r in reversed(session.runs) if r.target == target.display), None)
+            page = f"{url}/#/experiments/{experiment}" if url and experiment else url
+            found.append(StoreUi(role, target.display, url, True, page=page))
         else:
             url = store_ui_url(target)
             note = "" if url else _no_url_reason(target)
@@ -253,8 +254,9 @@ class UiLinks:
             url = html.escape(ui.url, quote=True)
             parts.append(f'<div>{label}<a href="{url}" target="_blank" rel="noopener">{url}</a></div>')
             if ui.started_here:
+                page = html.escape(ui.page or ui.url, quote=True)
                 parts.append(
-                    f'<iframe class="dbxml-mlflow-ui" src="{url}" width="100%" height="{self.height}" '
+                    f'<iframe class="dbxml-mlflow-ui" src="{page}" width="100%" height="{self.height}" '
                     'style="border:1px solid #d0d7de"></iframe>'
                 )
         return "".join(parts)
