@@ -48,7 +48,8 @@ def test_aml_ui_serves_the_embedded_store_reuses_it_links_runs_and_stops(ext, sh
     # The panel's button shows the same server inline.
     panel.ui_button.click()
     assert panel._ui_pending.result(timeout=60) is not None, panel.message.value
-    assert f'src="{ui.page}"' in panel.ui.outputs[0]["data"]["text/html"]
+    shown = panel.ui.outputs[0]["data"]  # a terminal shell formats text only; a kernel adds the IFrame's HTML
+    assert ui.url in shown["text/plain"] and f'src="{ui.page}"' in shown.get("text/html", f'src="{ui.page}"')
     assert ui_server._servers[ext.link.primary.uri] is server
 
     capsys.readouterr()
