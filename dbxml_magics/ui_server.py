@@ -180,7 +180,11 @@ def _launch(target: Target, log_dir: Path) -> UiServer:
         try:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+                start_new_session=True,
+                # The UI is shown inside the notebook's page, another origin (port): MLflow's
+                # clickjacking header would blank the IFrame. The server listens on 127.0.0.1 only.
+                # An environment variable, not --x-frame-options, which MLflow 2.x lacks.
+                env={**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_X_FRAME_OPTIONS": "NONE"},
             )
         except OSError as exc:
             raise UiError(f"Cannot start `mlflow server` ({exc}); check that MLflow is installed in this kernel.") from None

@@ -32,8 +32,11 @@ def test_running_row_shows_the_latest_metrics_and_step_before_the_cell_ends(ext,
         "for step in range(3):\n"
         "    mlflow.log_metrics({'loss': 1 / (step + 1), 'acc': step / 10}, step=step)\n"
         "    shown(lambda: f'step {step}' in row.metrics.value, f'step {step} in the row')\n"
-        "    seen.append(row.metrics.value)\n",
+        "    seen.append(row.metrics.value)\n"
+        "from dbxml_magics.panel import panel_text\n"
+        "text_inside = panel_text(get_session())\n",
     )
+    assert "acc=0.2  loss=0.3333  step 2" in shell.user_ns["text_inside"]  # a terminal's text is live too
     assert shell.user_ns["seen"] == [
         "acc=0  loss=1  step 0", "acc=0.1  loss=0.5  step 1", "acc=0.2  loss=0.3333  step 2"
     ]

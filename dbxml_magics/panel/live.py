@@ -12,7 +12,7 @@ import threading
 import time
 
 from ..session import Session
-from .text import key_metrics
+from .text import live_text
 
 __all__ = ["LiveUpdates", "INTERVAL"]
 
@@ -20,14 +20,6 @@ __all__ = ["LiveUpdates", "INTERVAL"]
 INTERVAL = 0.5
 # Share of one core the plots may take: the training cell is what the user waits for.
 PLOT_SHARE = 0.1
-
-
-def live_text(history: dict[str, list[tuple[int, float]]], settings) -> str:
-    """`name=value ... step N`: the latest value of the key metrics and the newest step."""
-    latest = {name: points[-1][1] for name, points in history.items() if points}
-    shown = key_metrics(latest, list(settings.key_metrics), settings.panel_max_metrics)
-    step = max((points[-1][0] for points in history.values() if points), default=0)
-    return "  ".join(f"{name}={value:.4g}" for name, value in shown) + f"  step {step}"
 
 
 class LiveUpdates:

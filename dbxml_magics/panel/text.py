@@ -43,6 +43,23 @@ def format_metrics(record, settings) -> str:
     return "  ".join(f"{name}={value:.4g}" for name, value in shown)
 
 
+def live_text(history: dict[str, list[tuple[int, float]]], settings) -> str:
+    """`name=value ... step N`: the latest value of the key metrics of a running run and its newest step."""
+    latest = {name: points[-1][1] for name, points in history.items() if points}
+    shown = key_metrics(latest, list(settings.key_metrics), settings.panel_max_metrics)
+    step = max((points[-1][0] for points in history.values() if points), default=0)
+    return "  ".join(f"{name}={value:.4g}" for name, value in shown) + f"  step {step}"
+
+
+def _row_metrics(session: Session, run) -> str:
+    """A running run shows what the journal accepted so far; an ended one its summary."""
+    if run.status == "RUNNING" and session.journal_started:
+        history = session.journal.live_history(run.run_id)
+        if history:
+            return live_text(history, session.settings)
+    return format_metrics(run, session.settings)
+
+
 def journal_lines(link, statuses: list[dict]) -> list[tuple[str, str, str]]:
     """(role, masked URI, state) for each linked store, then earlier stores still holding writes."""
     by_target = {status["target"]: status for status in statuses}
@@ -94,7 +111,7 @@ def panel_text(session: Session, statuses: list[dict] | None = None, limit: int 
                 run.status,
                 format_clock(run.start_time),
                 format_duration(run.duration),
-                format_metrics(run, session.settings),
+                _row_metrics(session, run),
                 ", ".join(run.model_versions),
             )
             for run in runs
