@@ -88,7 +88,7 @@ def ui_url_for(store_uri: str) -> str | None:
 def serves(target: Target) -> bool:
     """Stores with no server of their own, which `%aml_ui` serves: the embedded store, other
     SQLite files and file: folders."""
-    return target.kind == "embedded" or urlsplit(target.uri).scheme in ("sqlite", "file", "")
+    return target.kind == "embedded" or urlsplit(target.uri).scheme in ("sqlite", "file")
 
 
 def start_ui(target: Target, log_dir: Path, timeout: float = START_TIMEOUT) -> UiServer:

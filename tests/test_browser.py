@@ -163,25 +163,6 @@ def test_running_cell_shows_changing_metrics_in_the_page(notebook_page):
     assert all(text.rstrip().split()[-2] == "step" for text in live_values), seen
 
 
-def test_panel_rows_header_and_inspector(notebook_page):
-    from playwright.sync_api import expect
-
-    page, root, folder = notebook_page
-    for name in ("baseline", "tuned", "deeper", "live"):
-        expect(page.locator("button.widget-button", has_text=name).first).to_be_visible()
-    header = page.locator(".widget-html", has_text="primary:").first
-    expect(header).to_contain_text(f"sqlite:///{root.resolve() / 'mlflow.db'}")
-    expect(header).to_contain_text("mode default")
-
-    page.locator("button.widget-button", has_text="tuned").first.click()
-    inspector = page.locator(".widget-tab").first
-    expect(inspector).to_be_visible()
-    expect(inspector.locator("td", has_text="val_loss")).to_be_visible()
-    expect(inspector.locator("td", has_text="accuracy")).to_be_visible()
-    expect(inspector.locator("img").first).to_be_visible()  # the val_loss history plot
-    page.screenshot(path=str(folder / "inspector.png"))
-
-
 def test_compare_view_renders_for_the_runs_named(notebook_page):
     from playwright.sync_api import expect
 
@@ -206,7 +187,27 @@ def test_aml_ui_iframe_shows_mlflow_ui_with_the_session_runs(notebook_page):
     page, root, folder = notebook_page
     frame = page.frame_locator("iframe.dbxml-mlflow-ui")
     # Starting `mlflow server` takes minutes on a loaded machine: the step timeout covers it.
-    expect(frame.get_by_text("deeper").first).to_be_visible()
+    expect(frame.get_by_text("deeper").first).to_be_visible(timeout=2 * STEP_TIMEOUT_MS)
     expect(frame.get_by_text("baseline").first).to_be_visible()
     page.locator("iframe.dbxml-mlflow-ui").screenshot(path=str(folder / "mlflow-ui.png"))
     print(f"screenshots in {folder}")
+
+
+def test_panel_rows_header_and_inspector(notebook_page):
+    """Last: a click reaches the kernel only once it is idle (comm messages wait for the cells)."""
+    from playwright.sync_api import expect
+
+    page, root, folder = notebook_page
+    for name in ("baseline", "tuned", "deeper", "live"):
+        expect(page.locator("button.widget-button", has_text=name).first).to_be_visible()
+    header = page.locator(".widget-html", has_text="primary:").first
+    expect(header).to_contain_text(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    expect(header).to_contain_text("mode default")
+
+    page.locator("button.widget-button", has_text="tuned").first.click()
+    inspector = page.locator(".widget-tab").first
+    expect(inspector).to_be_visible()
+    expect(inspector.locator("td", has_text="val_loss")).to_be_visible()
+    expect(inspector.locator("td", has_text="accuracy")).to_be_visible()
+    expect(inspector.locator("img").first).to_be_visible()  # the val_loss history plot
+    page.screenshot(path=str(folder / "inspector.png"))

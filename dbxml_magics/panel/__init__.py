@@ -67,6 +67,7 @@ class SessionPanel:
         self.refresh_header()
         self._closed = False
         session.subscribe(self.on_event)
+        self.live.start()  # shown while a tracked cell already runs (from inside it)
 
     # -- errors
     def report(self, exc: BaseException) -> None:
@@ -87,6 +88,7 @@ class SessionPanel:
 
     def open_ui(self) -> Future:
         """What %aml_ui shows, below the table; starting a server takes seconds, so off the kernel thread."""
+
         def start():
             from ..ui_server import UiLinks, store_uis
 
