@@ -81,7 +81,7 @@ def live_cell_seconds(shell, folder: Path, mode: str) -> float:
     from dbxml_magics.panel import close_panel, live_panel
     from dbxml_magics.session import get_session
 
-    folder.mkdir()
+    folder.mkdir(parents=True)
     os.chdir(folder)
     shell.run_line_magic("load_ext", "dbxml_magics")
     session = get_session(shell)

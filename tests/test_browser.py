@@ -55,6 +55,25 @@ def _lab_settings(settings_dir: Path) -> None:
         path.write_text(settings)
 
 
+def _shut_down_kernels(base: str, token: str) -> None:
+    """Kernels shut down (not killed) run their exit hooks: the `mlflow server` of %aml_ui,
+    in its own process group, stops with its kernel."""
+    import json
+    import urllib.request
+
+    def call(method: str, path: str):
+        request = urllib.request.Request(f"{base}{path}?token={token}", method=method)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    try:
+        for kernel in call("GET", "/api/kernels"):
+            call("DELETE", f"/api/kernels/{kernel['id']}")
+    except OSError:
+        pass  # the server is gone already; the process-group kill below still runs
+
+
 @pytest.fixture(scope="module")
 def jupyter_lab(tmp_path_factory):
     """JupyterLab serving a copy of the example in an empty folder; its process group is killed after."""
@@ -91,6 +110,7 @@ def jupyter_lab(tmp_path_factory):
         wait_http(f"{base}/api/status?token={token}", timeout=240, process=process)
         yield base, token, root, tmp_path
     finally:
+        _shut_down_kernels(base, token)
         try:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
