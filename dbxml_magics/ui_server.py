@@ -95,16 +95,14 @@ def start_ui(target: Target, log_dir: Path, timeout: float = START_TIMEOUT) -> U
     """The UI server over an embedded store: the running one, else a new one (waits until it answers)."""
     with _lock:
         server = _servers.get(target.uri)
-        if server is not None and server.alive:
-            return server
-        if server is not None:
+        if server is not None and not server.alive:
             server.stop()
-            del _servers[target.uri]
-        server = _launch(target, log_dir)
-        _servers[target.uri] = server
-        atexit.unregister(stop_all)  # one hook, however many servers were started
-        atexit.register(stop_all)
-    try:
+            server = None
+        if server is None:
+            server = _servers[target.uri] = _launch(target, log_dir)
+            atexit.unregister(stop_all)  # one hook, however many servers were started
+            atexit.register(stop_all)
+    try:  # also when reused: a second caller may come while the first still waits for it
         _wait_until_up(server, timeout)
     except UiError:
         stop_ui(target.uri)
