@@ -14,6 +14,7 @@ bound is open / closed <= 1.2x.
 Run: .venv/bin/python benchmarks/bench_panel.py
 """
 
+import os
 import statistics
 import sys
 import tempfile
@@ -76,8 +77,6 @@ def cost_per_new_run(existing: int, folder: Path) -> float:
 
 def live_cell_seconds(shell, folder: Path, mode: str) -> float:
     """Seconds of one tracked cell logging POINTS metric points; mode: closed, open, inspector."""
-    import os
-
     from dbxml_magics.panel import close_panel, live_panel
     from dbxml_magics.session import get_session
 
@@ -101,11 +100,13 @@ def live_costs(folder: Path, rounds: int = 3) -> dict[str, float]:
     from IPython.testing.globalipapp import start_ipython
 
     shell = start_ipython()
+    home = os.getcwd()
     timings: dict[str, list[float]] = {"closed": [], "open": [], "inspector": []}
     live_cell_seconds(shell, folder / "warm-up", "inspector")
     for round_ in range(rounds):  # interleaved, so a busy moment of the machine hits all modes
         for mode in timings:
             timings[mode].append(live_cell_seconds(shell, folder / f"{mode}-{round_}", mode))
+    os.chdir(home)  # the folders go with the temporary directory
     return {mode: statistics.median(values) for mode, values in timings.items()}
 
 
