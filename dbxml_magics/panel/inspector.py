@@ -109,16 +109,9 @@ class Inspector:
             self.show(run_id)
 
     def show_live(self, record, history: dict[str, list[tuple[int, float]]]) -> None:
-        """Redraw a running run's metrics and plots from the journal (the live updater's thread).
-
-        Plots are redrawn in place (the Image widgets keep their ids) so the frontend swaps
-        pictures instead of rebuilding the tab."""
-        import ipywidgets as widgets
-
+        """A running run's title and metric table from the journal (the live updater's thread)."""
         from .text import format_duration
 
-        names = [name for name, points in history.items() if len(points) > 1]
-        pictures = {name: history_png(name, history[name]) for name in names}  # outside the lock: slow
         rows = [
             (name, f"{points[-1][1]:.6g}", len(points), f"{min(v for _, v in points):.6g}",
              f"{max(v for _, v in points):.6g}")
@@ -133,6 +126,18 @@ class Inspector:
                 f"live for {format_duration(record.duration)}"
             )
             self.metrics.value = table_html(METRIC_HEADER, rows, "No metrics logged yet.")
+            self.tabs.layout.display = None
+
+    def show_live_plots(self, record, history: dict[str, list[tuple[int, float]]]) -> None:
+        """Redraw a running run's plots in place (the Image widgets keep their ids), so the
+        frontend swaps pictures instead of rebuilding the tab."""
+        import ipywidgets as widgets
+
+        names = [name for name, points in history.items() if len(points) > 1]
+        pictures = {name: history_png(name, history[name]) for name in names}  # outside the lock: slow
+        with self._lock:
+            if self.run_id != record.run_id or record.status != "RUNNING":
+                return
             if names == self._plotted:
                 for image, name in zip(self.plots.children, names):
                     image.value = pictures[name]
@@ -142,7 +147,6 @@ class Inspector:
                 self._plotted = names
                 for image in old:
                     image.close()
-            self.tabs.layout.display = None
 
     def _load(self, run_id: str):
         try:

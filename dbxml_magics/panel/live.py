@@ -22,6 +22,8 @@ INTERVAL = 0.5
 # needs, so plots are redrawn less often than rows when drawing is slow (measured in
 # benchmarks/bench_panel.py).
 PLOT_SHARE = 0.04
+# ...but a watched run's plots are never older than this.
+MAX_PLOT_WAIT = 10.0
 
 
 class LiveUpdates:
@@ -34,6 +36,7 @@ class LiveUpdates:
         self.report = report
         self.ticks = 0  # passes that changed something (for tests and the benchmark)
         self._seen: dict[str, tuple[int, bool]] = {}  # run id -> (points, inspector shown) at the last pass
+        self._plotted: dict[str, int] = {}  # run id -> points when its plots were last drawn
         self._next_plot = 0.0  # monotonic time the inspector's plots may be drawn again
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -72,19 +75,22 @@ class LiveUpdates:
         if not history or record.status != "RUNNING":
             return False
         shown = self.inspector.run_id == record.run_id
-        seen = (sum(len(points) for points in history.values()), shown)
-        if self._seen.get(record.run_id) == seen:
-            return False
-        self.runs.show_live(record.run_id, live_text(history, self.session.settings))
-        now = time.monotonic()
-        if shown and now < self._next_plot:
-            return True  # the row is current; the plots wait for their turn (seen stays old)
-        self._seen[record.run_id] = seen
-        if shown:
-            self.inspector.show_live(record, history)
-            self._next_plot = now + (time.monotonic() - now) / PLOT_SHARE
-        self.ticks += 1
-        return True
+        count = sum(len(points) for points in history.values())
+        changed = self._seen.get(record.run_id) != (count, shown)
+        if changed:
+            self._seen[record.run_id] = (count, shown)
+            self.runs.show_live(record.run_id, live_text(history, self.session.settings))
+            if shown:
+                self.inspector.show_live(record, history)
+        started = time.monotonic()
+        if shown and self._plotted.get(record.run_id) != count and started >= self._next_plot:
+            self.inspector.show_live_plots(record, history)
+            self._plotted[record.run_id] = count
+            spent = time.monotonic() - started
+            self._next_plot = started + min(MAX_PLOT_WAIT, spent / PLOT_SHARE)
+            changed = True
+        self.ticks += changed
+        return changed
 
     def close(self) -> None:
         self._stop.set()
