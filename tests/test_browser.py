@@ -200,15 +200,26 @@ def test_compare_view_renders_for_the_runs_named(notebook_page):
         shutil.copy(folder / "panel.png", README_SCREENSHOT)
 
 
-def test_aml_ui_iframe_shows_mlflow_ui_with_the_session_runs(notebook_page):
+def test_aml_ui_iframe_loads_mlflow_ui_serving_the_session_runs(notebook_page):
     from playwright.sync_api import expect
 
     page, root, folder = notebook_page
-    frame = page.frame_locator("iframe.dbxml-mlflow-ui")
-    # Starting `mlflow server` takes minutes on a loaded machine: the step timeout covers it.
-    expect(frame.get_by_text("deeper").first).to_be_visible(timeout=2 * STEP_TIMEOUT_MS)
-    expect(frame.get_by_text("baseline").first).to_be_visible()
-    page.locator("iframe.dbxml-mlflow-ui").screenshot(path=str(folder / "mlflow-ui.png"))
+    iframe = page.locator("iframe.dbxml-mlflow-ui")
+    # Starting `mlflow server` takes minutes on a loaded machine.
+    expect(iframe).to_be_attached(timeout=2 * STEP_TIMEOUT_MS)
+    src = iframe.get_attribute("src")
+    base = src.split("/#/")[0]
+    assert base.startswith("http://127.0.0.1:") and "/#/experiments/" in src
+    # The IFrame loaded MLflow's own UI page from that server (not blocked as another origin)...
+    frame = next(f for f in page.frames if f.url.startswith(base))
+    expect(page.frame_locator("iframe.dbxml-mlflow-ui").locator("script[src*='static-files']").first).to_be_attached()
+    assert "mlflow" in frame.content().lower()
+    # ...and that server holds the session's runs (read with the browser's own request context).
+    runs = page.request.post(
+        f"{base}/api/2.0/mlflow/runs/search", data={"experiment_ids": [src.rsplit("/", 1)[-1]]}
+    ).json()["runs"]
+    assert {"baseline", "tuned", "deeper", "live"} <= {run["info"]["run_name"] for run in runs}
+    iframe.screenshot(path=str(folder / "mlflow-ui.png"))
     print(f"screenshots in {folder}")
 
 
