@@ -1,7 +1,7 @@
 """dbxml-magics: link a notebook session to Azure Machine Learning through MLflow.
 
 `%load_ext dbxml_magics` registers %%track, %aml_link, %aml_unlink, %aml_register,
-%aml_score, %aml_sync and %aml_panel on one Session per shell. Loading imports nothing
+%aml_score, %aml_sync, %aml_panel and %aml_ui on one Session per shell. Loading imports nothing
 heavy: mlflow, pyspark, azureml and ipywidgets are imported where first needed.
 """
 
@@ -60,8 +60,10 @@ def unload_ipython_extension(ipython) -> None:
         atexit.unregister(_flush_at_exit)
     magics.session.close()
     from .panel import close_panel
+    from .ui_server import stop_all
 
     close_panel(magics.session)
+    stop_all()
     for kind, names in magics.magics.items():
         for name in names:
             ipython.magics_manager.magics[kind].pop(name, None)

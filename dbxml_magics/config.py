@@ -1,6 +1,6 @@
 """Settings of the extension, as traitlets so that `%config DbxmlMagics.<name> = ...` works."""
 
-from traitlets import Bool, Enum, Float, Int, List, Unicode
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode
 from traitlets.config import Configurable
 
 __all__ = ["Settings"]
@@ -63,6 +63,15 @@ class Settings(Configurable):
     key_metrics = List(Unicode(), default_value=[], help="Metrics shown first in the panel's runs table.").tag(
         config=True
     )
+    metric_goals = Dict(
+        value_trait=Enum(["min", "max"]),
+        default_value={},
+        help=(
+            "Whether lower ('min') or higher ('max') is better, per metric, for the panel's compare view: "
+            "{'loss': 'min', 'auc': 'max'}. Unlisted metrics: 'min' when the name says loss, error, mse, "
+            "mae, time..., else 'max'."
+        ),
+    ).tag(config=True)
     panel_max_metrics = Int(3, help="How many metrics the runs table shows per run.").tag(config=True)
     credential_timeout = Float(10.0, help="Seconds allowed to obtain an Azure credential when linking.").tag(
         config=True

@@ -5,13 +5,12 @@ here. What comes back is plain data (a dataclass of dicts and lists), so the pan
 its text form render it without knowing MLflow's entities.
 """
 
-import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import DbxmlError
-from .targets import Target
 from .masking import redact
+from .targets import Target
+from .ui_server import store_ui_url
 
 __all__ = ["RunDetails", "read_run_details", "run_ui_url"]
 
@@ -40,10 +39,15 @@ class RunDetails:
     models: list = field(default_factory=list)  # ModelRecord of this session registered from the run
     scorings: list = field(default_factory=list)  # ScoreRecord of this session using those models
     ui_url: str | None = None
+    # The same run's copy in `both` mode's mirror store, once the journal has created it there.
+    mirror_run_id: str | None = None
+    mirror_store: str | None = None
+    mirror_ui_url: str | None = None
 
 
 def run_ui_url(target: Target, experiment_id: str, run_id: str) -> str | None:
-    """Where a person sees the run: MLflow's UI for http stores, AML studio for AML ones.
+    """Where a person sees the run: MLflow's UI for http stores (and for the embedded store
+    while `%aml_ui` serves it), AML studio for AML ones, the workspace for Databricks.
 
     Credentials are stripped from the address, not masked: a link carrying `***` would
     only fail to log in, while a bare one lets the browser ask for them.
@@ -52,15 +56,8 @@ def run_ui_url(target: Target, experiment_id: str, run_id: str) -> str | None:
         from .workspace import studio_run_url
 
         return studio_run_url(target.studio_url, run_id) if target.studio_url else None
-    if target.kind == "databricks":
-        host = os.environ.get("DATABRICKS_HOST", "").rstrip("/")
-        return f"{host}/#mlflow/experiments/{experiment_id}/runs/{run_id}" if host else None
-    parts = urlsplit(target.uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    base = store_ui_url(target)
+    return f"{base}/{experiment_id}/runs/{run_id}" if base else None
 
 
 def _store_of(session, record) -> Target:
@@ -99,6 +96,7 @@ def read_run_details(session, run_id: str) -> RunDetails:
     models = [m for m in session.models if m.source_run_id == run_id]
     model_refs = {m.model_uri for m in models} | {f"models:/{m.name}/{m.version}" for m in models}
     scorings = [s for s in session.scorings if s.run_id == run_id or s.model_uri in model_refs]
+    mirror, mirror_id, mirror_url = _mirror_copy(session, record, target)
     return RunDetails(
         run_id=run_id,
         name=info.run_name or run_id,
@@ -116,7 +114,31 @@ def read_run_details(session, run_id: str) -> RunDetails:
         models=models,
         scorings=scorings,
         ui_url=run_ui_url(target, info.experiment_id, run_id),
+        mirror_run_id=mirror_id,
+        mirror_store=mirror.display if mirror else None,
+        mirror_ui_url=mirror_url,
     )
+
+
+def _mirror_copy(session, record, primary: Target) -> tuple[Target | None, str | None, str | None]:
+    """`both` mode: the mirror store, the run's id there and its page, once the journal made it.
+
+    The page needs the mirror's experiment id: one read of the mirror run, only when its
+    store has a UI to link to (never for the embedded store without `%aml_ui`)."""
+    mirror = next((t for t in session.link.targets if t.display != primary.display), None)
+    mirror_id = session.mirror_run_id(record) if record is not None and mirror is not None else None
+    if mirror_id is None:
+        return None, None, None
+    url = None
+    if mirror.kind == "aml" or store_ui_url(mirror):
+        try:
+            import mlflow
+
+            experiment_id = mlflow.MlflowClient(tracking_uri=mirror.uri).get_run(mirror_id).info.experiment_id
+            url = run_ui_url(mirror, experiment_id, mirror_id)
+        except Exception:  # noqa: BLE001 - the id is still shown; the link waits for the store
+            url = None
+    return mirror, mirror_id, url
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:

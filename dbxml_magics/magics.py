@@ -238,15 +238,42 @@ class DbxmlMagics(Settings, Magics):
 
     @magic_arguments()
     @argument("run", nargs="?", help="Open this run in the inspector: `last`, a run name of this session, or a run id.")
+    @argument(
+        "--compare", nargs="+", default=None, metavar="RUN",
+        help="Compare 2 to 10 runs: params that differ, overlaid metric histories, best run per metric.",
+    )
     @line_magic
     @_user_errors
     def aml_panel(self, line):
         """Show the live panel of this session again; with RUN, open that run (text in a terminal)."""
         args = _parse(self.aml_panel, line)
+        if args.compare is not None:
+            from .panel.compare import read_comparison
+
+            runs = ([args.run] if args.run else []) + args.compare
+            comparison = read_comparison(self.session, [self.session.resolve_run(run) for run in runs])
+            return self._show_panel(comparison=comparison)
         details = self.session.run_details(self.session.resolve_run(args.run)) if args.run else None
         self._show_panel(details)
 
-    def _show_panel(self, details=None) -> None:
+    def _show_panel(self, details=None, comparison=None) -> None:
         from .panel import show_panel
 
-        show_panel(self.session, details)
+        show_panel(self.session, details, comparison)
+
+    # ------------------------------------------------------------------ %aml_ui
+    @magic_arguments()
+    @argument("--stop", action="store_true", help="Stop the MLflow UI server(s) %aml_ui started.")
+    @line_magic
+    @_user_errors
+    def aml_ui(self, line):
+        """MLflow's UI for the linked stores: started on 127.0.0.1 for the embedded store and shown
+        inline; for a tracking server, AML or Databricks, the link to that store's own UI."""
+        from .ui_server import UiLinks, stop_ui, store_uis
+
+        args = _parse(self.aml_ui, line)
+        if args.stop:
+            stopped = stop_ui()
+            print(f"Stopped the MLflow UI at {', '.join(stopped)}." if stopped else "No MLflow UI server was running.")
+            return None
+        return UiLinks(store_uis(self.session))

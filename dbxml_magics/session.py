@@ -238,6 +238,12 @@ class Session:
         self.emit("run_updated" if record.status == "RUNNING" else "run_ended", record)
         return record
 
+    def mirror_run_id(self, record: RunRecord) -> str | None:
+        """The run's id in `both` mode's mirror store, once the journal has created it there."""
+        if record.mirror_run_id is None and self._journal is not None:
+            record.mirror_run_id = self._journal.mirror_run_id(record.run_id)
+        return record.mirror_run_id
+
     def find_run(self, run_id: str) -> RunRecord | None:
         return next((r for r in reversed(self.runs) if r.run_id == run_id), None)
 

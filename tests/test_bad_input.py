@@ -187,10 +187,16 @@ def _corpus(tmp_path, server_uri: str):
         ("aml_panel", "--bogus", None),
         ("aml_panel", "'", None),
         ("aml_panel", "ß", None),
+        ("aml_panel", "--compare", None),
+        ("aml_panel", "--compare nosuchrun other", None),
+        # ---- %aml_ui
+        ("aml_ui", "--bogus", None),
+        ("aml_ui", "extra", None),
+        ("aml_ui", "--stop now", None),
     ]
 
 
-MAGICS = ("track", "aml_link", "aml_unlink", "aml_register", "aml_score", "aml_sync", "aml_panel")
+MAGICS = ("track", "aml_link", "aml_unlink", "aml_register", "aml_score", "aml_sync", "aml_panel", "aml_ui")
 
 
 def test_corpus_of_malformed_lines_ends_in_one_line_each_and_changes_nothing(
@@ -262,6 +268,7 @@ _BENIGN = {
     ],
     "aml_sync": [st.sampled_from(["--flush", "--timeout 0"])],
     "aml_panel": [],
+    "aml_ui": [],
 }
 _NEEDS_VALUE = {
     "track": ["--experiment", "--params", "--metrics", "--tags", "--artifacts"],
@@ -295,7 +302,7 @@ def malformed_lines(draw):
     if magic in _NEEDS_VALUE:
         defects.append(st.sampled_from(_NEEDS_VALUE[magic]))  # last, so its value is missing
     defects += _BAD_TYPED_VALUE.get(magic, [])
-    if magic in ("aml_unlink", "aml_panel"):
+    if magic in ("aml_unlink", "aml_panel", "aml_ui"):
         defects.append(_WORD)  # %aml_unlink takes no arguments; no run of the session has such a name
     parts.append(draw(st.one_of(*defects)))
     return magic, " ".join(p for p in parts if p)

@@ -1,7 +1,13 @@
 """End to end: JupyterLab on loopback, examples/panel.ipynb run in Debian's Chromium.
 
 The panel must render as live widgets in a real frontend: the header shows the tracking
-URI, rows appear as tracked cells end, and clicking a run shows its metrics.
+URI, rows appear as tracked cells end, a running cell's row shows its metrics change
+before the cell ends (read from the page), clicking a run shows its metrics, the compare
+view renders, and `%aml_ui`'s IFrame loads MLflow's UI with the session's runs.
+
+One JupyterLab and one page for the module (starting them is most of the time); the tests
+run in order over the one notebook run. Screenshots are kept in the test's folder; with
+DBXML_UPDATE_SCREENSHOT=1 the panel's one replaces docs/panel.png (the README's).
 """
 
 import os
@@ -30,7 +36,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "panel.ipynb"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "panel.ipynb"
+README_SCREENSHOT = ROOT / "docs" / "panel.png"
 # JupyterLab, a kernel and MLflow on a busy 2-core machine: minutes, not seconds.
 STEP_TIMEOUT_MS = 240_000
 
@@ -38,7 +46,8 @@ STEP_TIMEOUT_MS = 240_000
 def _lab_settings(settings_dir: Path) -> None:
     """No dialog or pop-up in the way: start the notebook's kernel, no news or update notes."""
     for extension, name, settings in (
-        ("notebook-extension", "tracker", '{"autoStartDefaultKernel": true}'),
+        # No windowing: every cell's output stays in the page, where the test reads it.
+        ("notebook-extension", "tracker", '{"autoStartDefaultKernel": true, "windowingMode": "none"}'),
         ("apputils-extension", "notification", '{"fetchNews": "false", "checkForUpdates": false}'),
     ):
         path = settings_dir / "@jupyterlab" / extension / f"{name}.jupyterlab-settings"
@@ -46,9 +55,29 @@ def _lab_settings(settings_dir: Path) -> None:
         path.write_text(settings)
 
 
-@pytest.fixture
-def jupyter_lab(tmp_path):
+def _shut_down_kernels(base: str, token: str) -> None:
+    """Kernels shut down (not killed) run their exit hooks: the `mlflow server` of %aml_ui,
+    in its own process group, stops with its kernel."""
+    import json
+    import urllib.request
+
+    def call(method: str, path: str):
+        request = urllib.request.Request(f"{base}{path}?token={token}", method=method)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    try:
+        for kernel in call("GET", "/api/kernels"):
+            call("DELETE", f"/api/kernels/{kernel['id']}")
+    except OSError:
+        pass  # the server is gone already; the process-group kill below still runs
+
+
+@pytest.fixture(scope="module")
+def jupyter_lab(tmp_path_factory):
     """JupyterLab serving a copy of the example in an empty folder; its process group is killed after."""
+    tmp_path = tmp_path_factory.mktemp("browser")
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(EXAMPLE, root / EXAMPLE.name)
@@ -79,8 +108,9 @@ def jupyter_lab(tmp_path):
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/api/status?token={token}", timeout=240, process=process)
-        yield base, token, root
+        yield base, token, root, tmp_path
     finally:
+        _shut_down_kernels(base, token)
         try:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
@@ -95,12 +125,14 @@ def jupyter_lab(tmp_path):
             pass
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install -y chromium")
-def test_panel_runs_in_jupyterlab(jupyter_lab, tmp_path):
+@pytest.fixture(scope="module")
+def notebook_page(jupyter_lab):
+    """The example opened in Chromium, every cell started with Run All."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
     from playwright.sync_api import expect, sync_playwright
 
-    base, token, root = jupyter_lab
-    started = time.monotonic()
+    base, token, root, folder = jupyter_lab
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -112,25 +144,100 @@ def test_panel_runs_in_jupyterlab(jupyter_lab, tmp_path):
             # Cells sent before the kernel's websocket is connected are dropped: wait for the
             # status bar to report the kernel itself idle ("Initializing"/"Connecting" before).
             expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible()
-
             page.locator(".lm-MenuBar-item", has_text="Run").click()
             page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
-
-            # The rows arrive while the cells run, through the live widget.
-            for name in ("baseline", "tuned", "deeper"):
-                expect(page.locator("button.widget-button", has_text=name)).to_be_visible()
-            header = page.locator(".widget-html", has_text="primary:").first
-            expect(header).to_contain_text(f"sqlite:///{root.resolve() / 'mlflow.db'}")
-            expect(header).to_contain_text("mode default")
-
-            page.locator("button.widget-button", has_text="tuned").click()
-            inspector = page.locator(".widget-tab")
-            expect(inspector).to_be_visible()
-            expect(inspector.locator("td", has_text="val_loss")).to_be_visible()
-            expect(inspector.locator("td", has_text="accuracy")).to_be_visible()
-            expect(inspector.locator("img").first).to_be_visible()  # the val_loss history plot
-            page.screenshot(path=str(tmp_path / "panel.png"), full_page=True)
+            yield page, root, folder
         finally:
             browser.close()
-    assert (tmp_path / "panel.png").stat().st_size > 10_000
-    print(f"browser steps took {time.monotonic() - started:.1f}s; screenshot {tmp_path / 'panel.png'}")
+
+
+# The status and metrics of the runs table's row of a run, read in one step from the DOM.
+READ_ROW = """name => {
+  for (const row of document.querySelectorAll('.widget-hbox')) {
+    const button = row.querySelector(':scope > button.widget-button');
+    if (!button || button.textContent.trim() !== name) continue;
+    const labels = row.querySelectorAll(':scope > .widget-label');
+    return [row.querySelector(':scope > .widget-html').textContent.trim(), labels[2].textContent.trim()];
+  }
+  return null;
+}"""
+
+
+def test_running_cell_shows_changing_metrics_in_the_page(notebook_page):
+    page, root, folder = notebook_page
+    started = time.monotonic()
+    seen = []
+    deadline = started + 2 * STEP_TIMEOUT_MS / 1000  # includes the kernel start and the first cells
+    while time.monotonic() < deadline:
+        row = page.evaluate(READ_ROW, "live")
+        if row is not None and row[0] != "RUNNING":
+            break
+        if row is not None and row[1] and (not seen or seen[-1] != row[1]):
+            seen.append(row[1])
+            if len(seen) == 2:
+                page.screenshot(path=str(folder / "live.png"))
+        time.sleep(0.1)
+    assert row is not None and row[0] == "FINISHED", row
+    live_values = {text for text in seen if "train_loss=" in text}
+    assert len(live_values) >= 2, seen  # at least two values shown while the cell ran
+    assert all(text.rstrip().split()[-2] == "step" for text in live_values), seen
+
+
+def test_compare_view_renders_for_the_runs_named(notebook_page):
+    from playwright.sync_api import expect
+
+    page, root, folder = notebook_page
+    view = page.locator(".dbxml-compare").last
+    expect(view).to_contain_text("Comparing 3 runs")
+    expect(view).to_contain_text("Params that differ")
+    expect(view.locator("td", has_text="learning_rate").first).to_be_visible()
+    expect(view.locator("img")).to_have_count(3)  # accuracy, loss, val_loss: one overlaid plot each
+    view.scroll_into_view_if_needed()
+    view.screenshot(path=str(folder / "panel.png"))
+    assert (folder / "panel.png").stat().st_size > 10_000
+    if os.environ.get("DBXML_UPDATE_SCREENSHOT"):
+        README_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copy(folder / "panel.png", README_SCREENSHOT)
+
+
+def test_aml_ui_iframe_loads_mlflow_ui_serving_the_session_runs(notebook_page):
+    from playwright.sync_api import expect
+
+    page, root, folder = notebook_page
+    iframe = page.locator("iframe.dbxml-mlflow-ui")
+    # Starting `mlflow server` takes minutes on a loaded machine.
+    expect(iframe).to_be_attached(timeout=2 * STEP_TIMEOUT_MS)
+    src = iframe.get_attribute("src")
+    base = src.split("/#/")[0]
+    assert base.startswith("http://127.0.0.1:") and "/#/experiments/" in src
+    # The IFrame loaded MLflow's own UI page from that server (not blocked as another origin)...
+    frame = next(f for f in page.frames if f.url.startswith(base))
+    expect(page.frame_locator("iframe.dbxml-mlflow-ui").locator("script[src*='static-files']").first).to_be_attached()
+    assert "mlflow" in frame.content().lower()
+    # ...and that server holds the session's runs (read with the browser's own request context).
+    runs = page.request.post(
+        f"{base}/api/2.0/mlflow/runs/search", data={"experiment_ids": [src.rsplit("/", 1)[-1]]}
+    ).json()["runs"]
+    assert {"baseline", "tuned", "deeper", "live"} <= {run["info"]["run_name"] for run in runs}
+    iframe.screenshot(path=str(folder / "mlflow-ui.png"))
+    print(f"screenshots in {folder}")
+
+
+def test_panel_rows_header_and_inspector(notebook_page):
+    """Last: a click reaches the kernel only once it is idle (comm messages wait for the cells)."""
+    from playwright.sync_api import expect
+
+    page, root, folder = notebook_page
+    for name in ("baseline", "tuned", "deeper", "live"):
+        expect(page.locator("button.widget-button", has_text=name).first).to_be_visible()
+    header = page.locator(".widget-html", has_text="primary:").first
+    expect(header).to_contain_text(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    expect(header).to_contain_text("mode default")
+
+    page.locator("button.widget-button", has_text="tuned").first.click()
+    inspector = page.locator(".widget-tab").first
+    expect(inspector).to_be_visible()
+    expect(inspector.locator("td", has_text="val_loss")).to_be_visible()
+    expect(inspector.locator("td", has_text="accuracy")).to_be_visible()
+    expect(inspector.locator("img").first).to_be_visible()  # the val_loss history plot
+    page.screenshot(path=str(folder / "inspector.png"))

@@ -16,7 +16,7 @@ from dbxml_magics import panel as panel_module
 from dbxml_magics.journal import _JournaledBuilder
 from dbxml_magics.session import get_session
 
-MAGIC_NAMES = {"line": {"aml_link", "aml_unlink", "aml_register", "aml_score", "aml_sync", "aml_panel"}, "cell": {"track"}}
+MAGIC_NAMES = {"line": {"aml_link", "aml_unlink", "aml_register", "aml_score", "aml_sync", "aml_panel", "aml_ui"}, "cell": {"track"}}
 
 
 def _flushers() -> list[threading.Thread]:

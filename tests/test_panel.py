@@ -146,7 +146,7 @@ def test_click_shows_params_tags_metric_plots_and_artifacts(ext, shell, tmp_path
     assert "alpha" in inspector.params.value and "0.3" in inspector.params.value
     assert "team" in inspector.tags.value and "vision" in inspector.tags.value
     assert "notes.txt" in inspector.artifacts.value and "cell.py" in inspector.artifacts.value
-    assert "mlflow ui --backend-store-uri" in inspector.link.value  # the embedded store has no web UI
+    assert "%aml_ui" in inspector.link.value  # the embedded store has no web UI until %aml_ui serves it
     assert inspector.tabs.layout.display is None
     assert panel.message.value == "" and panel.log.outputs == ()
 
@@ -336,7 +336,7 @@ def test_aml_panel_run_opens_the_inspector_and_prints_the_run_in_a_terminal(ext,
     shell.run_line_magic("aml_panel", "last")
     text = capsys.readouterr().out  # a terminal shell displays the run's text
     assert text.startswith(f"Run second: FINISHED, {second.run_id}, started ")
-    assert "mlflow ui --backend-store-uri" in text  # the embedded store has no web UI
+    assert "run %aml_ui to see it" in text  # the embedded store has no web UI until %aml_ui serves it
     assert re.search(r"loss\s+1\s+4\s+1\s+4", text)  # last, steps, min, max
     assert re.search(r"alpha\s+0.2", text) and re.search(r"team\s+vision", text)
     assert "notes.txt" in text and "cell.py" in text

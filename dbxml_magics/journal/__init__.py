@@ -51,6 +51,7 @@ class Journal:
         self._owned: dict[str, list[str]] = {}  # run id -> target keys, primary first
         self._params: dict[str, dict[str, str]] = {}  # params queued per owned run
         self._latest_metrics: dict[str, dict[str, float]] = {}
+        self._live_points: dict[str, dict[str, list]] = {}  # (step, value) per key of running owned runs
         self._inner_stores: dict[str, object] = {}
         self._shippers: dict[str, Shipper] = {}
         self._progress = threading.Condition()
@@ -187,6 +188,11 @@ class Journal:
         """The last value logged in this process for each metric of an owned run."""
         return dict(self._latest_metrics.get(run_id, {}))
 
+    def live_history(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
+        """(step, value) points logged in this process for each metric of a run still running,
+        in logging order: what the panel plots live without asking the store."""
+        return {key: list(points) for key, points in self._live_points.get(run_id, {}).items()}
+
     def mirror_run_id(self, run_id: str) -> str | None:
         keys = self._owned.get(run_id, [])
         return self.outbox.remote_id(keys[1], run_id) if len(keys) > 1 else None
@@ -206,8 +212,10 @@ class Journal:
             self._check_params(run_id, params)
         if metrics:
             latest = self._latest_metrics.setdefault(run_id, {})
+            live = self._live_points.setdefault(run_id, {})
             for metric in metrics:
                 latest[metric.key] = metric.value
+                live.setdefault(metric.key, []).append((metric.step, metric.value))
         payload = {
             "metrics": [metric_to_list(m) for m in metrics],
             "params": [[p.key, p.value] for p in params],
@@ -249,6 +257,8 @@ class Journal:
         """Queue a run's status; a mirror run ends only after the primary's artifacts reached it."""
         payload = {"status": status, "end_time": end_time, "run_name": run_name}
         ending = status is not None and status not in ("RUNNING", "SCHEDULED")
+        if ending:
+            self._live_points.pop(run_id, None)  # an ended run is read from its store
         outbox = self.outbox
         with outbox.transaction() as db:
             for i, key in enumerate(self._owned[run_id]):

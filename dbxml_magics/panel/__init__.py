@@ -10,16 +10,18 @@ information is shown as text through IPython's display protocol.
 
 import html
 import traceback
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..errors import DbxmlError
 from ..masking import redact
 from ..session import Session
+from .compare import CompareView, comparison_text
 from .inspector import Inspector
+from .live import LiveUpdates
 from .picker import WorkspacePicker
 from .runs_table import RunsTable
 from .text import PAGE_SIZE, journal_lines, journal_statuses, panel_text, run_text
-from .widgets import close_tree
+from .widgets import close_tree, guarded
 
 __all__ = ["SessionPanel", "PanelView", "live_panel", "show_panel", "close_panel", "panel_text", "run_text", "WorkspacePicker", "PAGE_SIZE"]
 
@@ -38,19 +40,34 @@ class SessionPanel:
         self.header = widgets.HTML()
         self.message = widgets.HTML()
         self.log = widgets.Output()  # tracebacks of unexpected errors, so none is lost
-        self.runs = RunsTable(session, on_select=self.inspect, report=self.report)
+        self.runs = RunsTable(session, on_select=self.inspect, report=self.report, on_compare=self.compare)
         self.inspector = Inspector(session, report=self.report)
+        self.comparison = CompareView(session, report=self.report)
+        self.live = LiveUpdates(session, self.runs, self.inspector, report=self.report)
+        self.ui_button = widgets.Button(
+            description="MLflow UI", icon="external-link",
+            tooltip="Open MLflow's UI for the linked stores (starts it for the embedded store): %aml_ui",
+        )
+        self.ui_button.on_click(guarded(self.report, lambda _button: self.open_ui()))
+        self.ui = widgets.Output()
+        self._ui_pending: Future | None = None
+        self._ui_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbxml-panel-ui")
         self.picker = WorkspacePicker(session, link_request=self._link, report=self.report)
         # Open when nothing is linked yet: that is when the picker is what the user wants.
         self.workspace = widgets.Accordion(
             children=[self.picker.widget], titles=("Link a workspace",), selected_index=None if session.linked else 0
         )
         self.widget = widgets.VBox(
-            [self.header, self.runs.widget, self.inspector.widget, self.workspace, self.message, self.log]
+            [
+                widgets.HBox([self.header, self.ui_button], layout=widgets.Layout(justify_content="space-between")),
+                self.runs.widget, self.comparison.widget, self.inspector.widget, self.ui, self.workspace,
+                self.message, self.log,
+            ]
         )
         self.refresh_header()
         self._closed = False
         session.subscribe(self.on_event)
+        self.live.start()  # shown while a tracked cell already runs (from inside it)
 
     # -- errors
     def report(self, exc: BaseException) -> None:
@@ -65,6 +82,29 @@ class SessionPanel:
     # -- actions
     def inspect(self, run_id: str) -> Future:
         return self.inspector.show(run_id)
+
+    def compare(self, run_ids: list[str]) -> Future:
+        return self.comparison.show(run_ids)
+
+    def open_ui(self) -> Future:
+        """What %aml_ui shows, below the table; starting a server takes seconds, so off the kernel thread."""
+
+        def start():
+            from ..ui_server import UiLinks, store_uis
+
+            try:
+                links = UiLinks(store_uis(self.session))
+            except DbxmlError as exc:
+                self.report(exc)
+                return None
+            self.ui.outputs = ()
+            self.ui.append_display_data(links)
+            return links
+
+        self.ui_button.disabled = True
+        self._ui_pending = self._ui_executor.submit(guarded(self.report, start))
+        self._ui_pending.add_done_callback(lambda _future: setattr(self.ui_button, "disabled", False))
+        return self._ui_pending
 
     def _link(self, args):
         from ..link import link_from_args
@@ -81,6 +121,7 @@ class SessionPanel:
     def _apply(self, event: str, payload) -> None:
         if event == "run_started":
             self.runs.add(payload)
+            self.live.start()
         elif event in ("run_updated", "run_ended"):
             self.runs.update(payload.run_id)
             if event == "run_ended":
@@ -122,6 +163,9 @@ class SessionPanel:
             return
         self._closed = True
         self.session.unsubscribe(self.on_event)
+        self.live.close()
+        self._ui_executor.shutdown(wait=False, cancel_futures=True)
+        self.comparison.close()
         self.inspector.close()
         self.runs.close()
         self.picker.close()
@@ -131,12 +175,15 @@ class SessionPanel:
 class PanelView:
     """What `show_panel` displays: the live widgets where a frontend renders them, else text."""
 
-    def __init__(self, session: Session, panel: SessionPanel | None, details=None):
+    def __init__(self, session: Session, panel: SessionPanel | None, details=None, comparison=None):
         self.session = session
         self.panel = panel
         self.details = details  # a run opened in the inspector: its text is what a terminal shows
+        self.comparison = comparison  # runs compared: their text is what a terminal shows
 
     def text(self) -> str:
+        if self.comparison is not None:
+            return comparison_text(self.comparison)
         if self.details is not None:
             return run_text(self.details)
         return self.panel.text() if self.panel is not None else panel_text(self.session)
@@ -165,17 +212,20 @@ def live_panel(session: Session) -> SessionPanel | None:
     return panel
 
 
-def show_panel(session: Session, details=None) -> None:
+def show_panel(session: Session, details=None, comparison=None) -> None:
     """Display the session's one live panel (again): every display shows the same state.
 
-    With `details` (a RunDetails) the inspector opens on that run; a terminal gets the run's text.
+    With `details` (a RunDetails) the inspector opens on that run, with `comparison` the
+    compare view opens on those runs; a terminal gets their text.
     """
     from IPython.display import display
 
     panel = live_panel(session)
     if panel is not None and details is not None:
         panel.inspector.show_details(details)
-    display(PanelView(session, panel, details))
+    if panel is not None and comparison is not None:
+        panel.comparison.show_comparison(comparison)
+    display(PanelView(session, panel, details, comparison))
 
 
 def close_panel(session: Session) -> None:

@@ -7,7 +7,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..errors import DbxmlError
 from ..session import Session
-from .runs_table import status_html, table_html
 from .text import (
     METRIC_HEADER,
     MODEL_HEADER,
@@ -19,7 +18,10 @@ from .text import (
     scoring_rows,
     shortened,
 )
-from .widgets import close_tree
+from .widgets import close_tree, status_html, table_html
+
+# A plot has a few hundred pixels across: more points only cost drawing time.
+MAX_PLOTTED_POINTS = 600
 
 
 def history_png(name: str, points: list[tuple[int, float]]) -> bytes:
@@ -27,6 +29,8 @@ def history_png(name: str, points: list[tuple[int, float]]) -> bytes:
 
     Figure + Agg canvas, not pyplot: pyplot would change the user's backend and figures.
     """
+    if len(points) > MAX_PLOTTED_POINTS:
+        points = points[:: len(points) // MAX_PLOTTED_POINTS + 1] + points[-1:]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -78,6 +82,7 @@ class Inspector:
             titles=self.TABS,
         )
         self.tabs.layout.display = "none"
+        self._plotted: list[str] = []  # metric of each plot shown, in order
         self.widget = widgets.VBox([self.title, self.link, self.tabs])
 
     def show(self, run_id: str) -> Future:
@@ -100,6 +105,46 @@ class Inspector:
     def refresh_if_showing(self, run_id: str | None) -> None:
         if run_id is not None and run_id == self.run_id:
             self.show(run_id)
+
+    def show_live(self, record, history: dict[str, list[tuple[int, float]]]) -> None:
+        """A running run's title and metric table from the journal (the live updater's thread)."""
+        from .text import format_duration
+
+        rows = [
+            (name, f"{points[-1][1]:.6g}", len(points), f"{min(v for _, v in points):.6g}",
+             f"{max(v for _, v in points):.6g}")
+            for name, points in sorted(history.items()) if points
+        ]
+        with self._lock:
+            if self.run_id != record.run_id or record.status != "RUNNING":
+                return
+            self.title.value = (
+                f"<b>{html.escape(record.name)}</b> &nbsp;{status_html('RUNNING')} &nbsp;"
+                f"<code>{html.escape(record.run_id)}</code> &nbsp;started {format_clock(record.start_time)}, "
+                f"live for {format_duration(record.duration)}"
+            )
+            self.metrics.value = table_html(METRIC_HEADER, rows, "No metrics logged yet.")
+            self.tabs.layout.display = None
+
+    def show_live_plots(self, record, history: dict[str, list[tuple[int, float]]]) -> None:
+        """Redraw a running run's plots in place (the Image widgets keep their ids), so the
+        frontend swaps pictures instead of rebuilding the tab."""
+        import ipywidgets as widgets
+
+        names = [name for name, points in history.items() if len(points) > 1]
+        pictures = {name: history_png(name, history[name]) for name in names}  # outside the lock: slow
+        with self._lock:
+            if self.run_id != record.run_id or record.status != "RUNNING":
+                return
+            if names == self._plotted:
+                for image, name in zip(self.plots.children, names):
+                    image.value = pictures[name]
+            else:
+                old = self.plots.children
+                self.plots.children = tuple(widgets.Image(value=pictures[name], format="png") for name in names)
+                self._plotted = names
+                for image in old:
+                    image.close()
 
     def _load(self, run_id: str):
         try:
@@ -138,6 +183,7 @@ class Inspector:
             for name, points in details.histories.items()
             if len(points) > 1
         )
+        self._plotted = [name for name, points in details.histories.items() if len(points) > 1]
         for image in old_plots:
             image.close()
         self.params.value = table_html(("param", "value"), list(details.params.items()), "No params logged.")
@@ -157,19 +203,30 @@ class Inspector:
 
     @staticmethod
     def _link_html(details) -> str:
-        if details.ui_url:
-            where = (
-                "Azure ML studio" if "ml.azure.com" in details.ui_url
-                else "Databricks" if "#mlflow/" in details.ui_url
-                else "the MLflow UI"
+        links = [_run_link(details.ui_url, details.store, "")]
+        if details.mirror_run_id:
+            links.append(
+                _run_link(details.mirror_ui_url, details.mirror_store, f" (mirror copy <code>{html.escape(details.mirror_run_id)}</code>)")
             )
-            url = html.escape(details.ui_url, quote=True)
-            return f'<a href="{url}" target="_blank" rel="noopener">Open the run in {where}</a>'
-        return (
-            "This store has no web UI; see it with "
-            f"<code>mlflow ui --backend-store-uri {html.escape(details.store)}</code>"
-        )
+        return "<br>".join(links)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         close_tree(self.widget)
+
+
+def _run_link(url: str | None, store: str, what: str) -> str:
+    """A link to one copy of a run, or how to see a store that has no web UI."""
+    if url:
+        where = (
+            "Azure ML studio" if "ml.azure.com" in url
+            else "Databricks" if "#mlflow/" in url
+            else "the MLflow UI"
+        )
+        return (
+            f'<a href="{html.escape(url, quote=True)}" target="_blank" rel="noopener">Open the run in {where}</a>{what}'
+        )
+    return (
+        f"This store has no web UI running{what}: run <code>%aml_ui</code> (or the panel's MLflow UI button) "
+        f"to see <code>{html.escape(store)}</code> in MLflow's UI"
+    )

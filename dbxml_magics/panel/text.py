@@ -43,6 +43,23 @@ def format_metrics(record, settings) -> str:
     return "  ".join(f"{name}={value:.4g}" for name, value in shown)
 
 
+def live_text(history: dict[str, list[tuple[int, float]]], settings) -> str:
+    """`name=value ... step N`: the latest value of the key metrics of a running run and its newest step."""
+    latest = {name: points[-1][1] for name, points in history.items() if points}
+    shown = key_metrics(latest, list(settings.key_metrics), settings.panel_max_metrics)
+    step = max((points[-1][0] for points in history.values() if points), default=0)
+    return "  ".join(f"{name}={value:.4g}" for name, value in shown) + f"  step {step}"
+
+
+def _row_metrics(session: Session, run) -> str:
+    """A running run shows what the journal accepted so far; an ended one its summary."""
+    if run.status == "RUNNING" and session.journal_started:
+        history = session.journal.live_history(run.run_id)
+        if history:
+            return live_text(history, session.settings)
+    return format_metrics(run, session.settings)
+
+
 def journal_lines(link, statuses: list[dict]) -> list[tuple[str, str, str]]:
     """(role, masked URI, state) for each linked store, then earlier stores still holding writes."""
     by_target = {status["target"]: status for status in statuses}
@@ -86,7 +103,7 @@ def panel_text(session: Session, statuses: list[dict] | None = None, limit: int 
         lines.append("No runs yet in this session: run a cell with %%track <name>.")
         return "\n".join(lines)
     lines.append(f"Runs ({len(session.runs)}, newest first):")
-    lines += _text_table(
+    lines += text_table(
         ("name", "status", "start", "duration", "metrics", "versions"),
         [
             (
@@ -94,7 +111,7 @@ def panel_text(session: Session, statuses: list[dict] | None = None, limit: int 
                 run.status,
                 format_clock(run.start_time),
                 format_duration(run.duration),
-                format_metrics(run, session.settings),
+                _row_metrics(session, run),
                 ", ".join(run.model_versions),
             )
             for run in runs
@@ -112,11 +129,16 @@ def run_text(details) -> str:
         f"Run {details.name}: {details.status}, {details.run_id}, started {format_clock(details.start_time)}, "
         f"{run_duration(details)}, in {details.store}",
         f"  {details.ui_url}" if details.ui_url else
-        f"  no web UI for this store; see it with: mlflow ui --backend-store-uri {details.store}",
+        f"  no web UI running for {details.store}; run %aml_ui to see it in MLflow's UI",
     ]
+    if details.mirror_run_id:
+        lines.append(
+            f"  mirror copy {details.mirror_run_id} in {details.mirror_store}"
+            + (f": {details.mirror_ui_url}" if details.mirror_ui_url else "")
+        )
 
     def section(title: str, header: tuple, rows: list, empty: str) -> None:
-        lines.extend([f"{title}:", *_text_table(header, rows)] if rows else [f"{title}: {empty}"])
+        lines.extend([f"{title}:", *text_table(header, rows)] if rows else [f"{title}: {empty}"])
 
     section("Metrics", METRIC_HEADER, metric_rows(details), "none logged")
     section("Params", ("param", "value"), list(details.params.items()), "none logged")
@@ -174,7 +196,7 @@ def shortened(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _text_table(header: tuple, rows: list[tuple]) -> list[str]:
+def text_table(header: tuple, rows: list[tuple]) -> list[str]:
     """Rows as aligned, indented text lines under their header."""
     table = [tuple(str(cell) for cell in row) for row in [header, *rows]]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

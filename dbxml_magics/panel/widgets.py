@@ -1,6 +1,7 @@
 """Small helpers every widget of the panel uses: callback errors captured, trees closed."""
 
 import functools
+import html
 
 
 def guarded(report, callback):
@@ -39,3 +40,31 @@ def close_tree(root) -> None:
             elif isinstance(value, (tuple, list)):
                 stack.extend(item for item in value if isinstance(item, Widget))
         widget.close()
+
+
+STATUS_COLOURS = {
+    "RUNNING": "#0969da",
+    "FINISHED": "#1a7f37",
+    "FAILED": "#cf222e",
+    "KILLED": "#9a6700",
+    "SCHEDULED": "#6e7781",
+}
+
+
+def status_html(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#6e7781")
+    return f'<span style="color:{colour};font-weight:600">{html.escape(status)}</span>'
+
+
+def table_html(header: tuple[str, ...], rows: list[tuple], empty: str) -> str:
+    if not rows:
+        return f"<i>{html.escape(empty)}</i>"
+    head = "".join(f"<th style='text-align:left;padding-right:1em'>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='padding-right:1em'>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ---------------------------------------------------------------------- runs table

@@ -1,0 +1,125 @@
+"""The panel while a tracked cell runs: the row and the inspector follow the journal live."""
+
+import time
+
+from dbxml_magics.panel import live_panel
+from dbxml_magics.panel.live import INTERVAL
+from dbxml_magics.session import get_session
+from test_panel import shown_panel, wait_for
+
+# Cell code: log one point, then wait (bounded) until the panel shows it, from the kernel's thread.
+WAIT_FOR_ROW = """
+import time, mlflow
+from dbxml_magics.panel import live_panel
+from dbxml_magics.session import get_session
+panel = live_panel(get_session())
+run_id = mlflow.active_run().info.run_id
+row = panel.runs.rows[run_id]
+def shown(predicate, what):
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+"""
+
+
+def test_running_row_shows_the_latest_metrics_and_step_before_the_cell_ends(ext, shell):
+    shown_panel(shell)
+    shell.run_cell_magic(
+        "track", "live",
+        WAIT_FOR_ROW
+        + "seen = []\n"
+        "for step in range(3):\n"
+        "    mlflow.log_metrics({'loss': 1 / (step + 1), 'acc': step / 10}, step=step)\n"
+        "    shown(lambda: f'step {step}' in row.metrics.value, f'step {step} in the row')\n"
+        "    seen.append(row.metrics.value)\n"
+        "from dbxml_magics.panel import panel_text\n"
+        "text_inside = panel_text(get_session())\n",
+    )
+    assert "acc=0.2  loss=0.3333  step 2" in shell.user_ns["text_inside"]  # a terminal's text is live too
+    assert shell.user_ns["seen"] == [
+        "acc=0  loss=1  step 0", "acc=0.1  loss=0.5  step 1", "acc=0.2  loss=0.3333  step 2"
+    ]
+    row = shell.user_ns["row"]
+    assert "FINISHED" in row.status.value
+    assert row.metrics.value == "acc=0.2  loss=0.3333"  # the record's summary once ended
+    panel = live_panel(ext)
+    wait_for(lambda: panel.live._thread is None, what="the live thread ends with the last running run")
+
+
+def test_row_updates_at_most_twice_a_second(ext, shell):
+    panel = shown_panel(shell)
+    changes = []
+    panel.runs.add = _observing(panel.runs.add, changes)
+    shell.run_cell_magic(
+        "track", "busy",
+        "import time, mlflow\n"
+        "step, until = 0, time.monotonic() + 2.5\n"
+        "while time.monotonic() < until:\n"
+        "    mlflow.log_metric('loss', 1 / (step + 1), step=step)\n"
+        "    step += 1\n"
+        "    time.sleep(0.005)\n",
+    )
+    assert step_count(shell) > 100
+    assert len(changes) >= 3, changes  # live, not only at the end
+    gaps = [later - earlier for earlier, later in zip(changes, changes[1:])]
+    assert min(gaps) >= INTERVAL * 0.9, gaps
+
+
+def _observing(add, changes):
+    """Record when the new row's metrics label changes while the run is running."""
+
+    def wrapped(record):
+        row = add(record)
+        row.metrics.observe(
+            lambda change: changes.append(time.monotonic()) if record.status == "RUNNING" else None, names="value"
+        )
+        return row
+
+    return wrapped
+
+
+def step_count(shell):
+    return shell.user_ns["step"]
+
+
+def test_inspector_of_a_running_run_redraws_its_plots_in_place(ext, shell):
+    shown_panel(shell)
+    shell.run_cell_magic(
+        "track", "watched",
+        WAIT_FOR_ROW
+        + "panel.inspect(run_id).result(timeout=60)\n"
+        "inspector = panel.inspector\n"
+        "for step in range(3):\n"
+        "    mlflow.log_metric('loss', 1 / (step + 1), step=step)\n"
+        "shown(lambda: len(inspector.plots.children) == 1 and '>3</td>' in inspector.metrics.value, 'a live plot')\n"
+        "first_image, first_png = inspector.plots.children[0], inspector.plots.children[0].value\n"
+        "title_inside = inspector.title.value\n"
+        "mlflow.log_metric('loss', 0.1, step=3)\n"
+        "shown(lambda: '>4</td>' in inspector.metrics.value, 'the fourth point')\n"
+        "shown(lambda: first_image.value != first_png, 'a redrawn plot')\n"
+        "same_image = inspector.plots.children[0] is first_image\n",
+    )
+    ns = shell.user_ns
+    assert "RUNNING" in ns["title_inside"] and "live for" in ns["title_inside"]
+    assert ns["same_image"]  # redrawn in place: the frontend swaps a picture, no new widget
+    inspector = live_panel(ext).inspector
+    # Once ended, the inspector reads the run back from its store.
+    wait_for(lambda: "FINISHED" in inspector.title.value, what="the ended run read back")
+    assert ext.journal.live_history(ext.runs[0].run_id) == {}
+
+
+def test_live_updates_never_read_the_store(ext, shell):
+    """What the live row shows comes from the journal alone: a store that holds nothing yet
+    (writes waiting in the journal) still gives live values."""
+    shell.run_line_magic("config", "DbxmlMagics.flush_interval = 3600.0")
+    shown_panel(shell)
+    shell.run_cell_magic(
+        "track", "offline",
+        WAIT_FOR_ROW
+        + "mlflow.log_metric('loss', 0.25, step=7)\n"
+        "shown(lambda: 'step 7' in row.metrics.value, 'step 7 in the row')\n"
+        "pending_inside = get_session().journal.pending(run_id)\n",
+    )
+    assert shell.user_ns["pending_inside"] > 0  # nothing had been shipped when the row showed it
+    assert get_session(shell).runs[0].status == "FINISHED"

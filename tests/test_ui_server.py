@@ -1,0 +1,105 @@
+"""`%aml_ui`: a real `mlflow server` over the embedded store, reused, stopped; links elsewhere."""
+
+import json
+import os
+import urllib.request
+
+import pytest
+
+from dbxml_magics import ui_server
+from dbxml_magics.panel import live_panel
+from test_panel import shown_panel, wait_for
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_aml_ui_serves_the_embedded_store_reuses_it_links_runs_and_stops(ext, shell, capsys):
+    shell.run_cell_magic("track", "shown-in-ui --metrics m", "m = 1.5")
+    record = ext.runs[0]
+    links = shell.run_line_magic("aml_ui", "")
+    (ui,) = links.uis
+    assert ui.role == "primary" and ui.started_here and ui.url.startswith("http://127.0.0.1:")
+    assert ui.page == f"{ui.url}/#/experiments/{record.experiment_id}"  # the inline UI opens the run's experiment
+    assert f'<iframe class="dbxml-mlflow-ui" src="{ui.page}"' in links._repr_html_()
+    run = _get(f"{ui.url}/api/2.0/mlflow/runs/get?run_id={record.run_id}")["run"]
+    assert run["info"]["run_name"] == "shown-in-ui"  # the session's runs, through MLflow's own server
+
+    server = ui_server._servers[ext.link.primary.uri]
+    again = shell.run_line_magic("aml_ui", "")
+    assert again.uis[0].url == ui.url and ui_server._servers[ext.link.primary.uri] is server  # reused
+
+    # The inspector now links the run to its page in that UI.
+    panel = shown_panel(shell)
+    panel.runs.rows[record.run_id].name.click()
+    panel.inspector.pending.result(timeout=60)
+    assert f'href="{ui.url}/#/experiments/{record.experiment_id}/runs/{record.run_id}"' in panel.inspector.link.value
+
+    # The panel's button shows the same server inline.
+    panel.ui_button.click()
+    assert panel._ui_pending.result(timeout=60) is not None, panel.message.value
+    shown = panel.ui.outputs[0]["data"]  # a terminal shell formats text only; a kernel adds the IFrame's HTML
+    assert ui.url in shown["text/plain"] and f'src="{ui.page}"' in shown.get("text/html", f'src="{ui.page}"')
+    assert ui_server._servers[ext.link.primary.uri] is server
+
+    capsys.readouterr()
+    shell.run_line_magic("aml_ui", "--stop")
+    assert capsys.readouterr().out.strip() == f"Stopped the MLflow UI at {ui.url}."
+    assert server.process.poll() is not None
+    wait_for(lambda: not _group_alive(server.process.pid), what="the server's process group gone")
+    shell.run_line_magic("aml_ui", "--stop")
+    assert "No MLflow UI server was running." in capsys.readouterr().out
+
+
+def test_tracking_server_link_gets_its_own_ui_and_nothing_starts(linked, shell, mlflow_server):
+    links = shell.run_line_magic("aml_ui", "")
+    (ui,) = links.uis
+    assert ui.url == f"{mlflow_server.uri}/#/experiments" and not ui.started_here
+    assert "iframe" not in links._repr_html_() and not ui_server._servers
+
+
+def test_databricks_link_uses_databricks_host_else_says_what_is_missing(ext, shell, monkeypatch):
+    from dbxml_magics.targets import Link, Target
+
+    ext.apply_link(Link(mode="aml-only", primary=Target(uri="databricks", kind="databricks")))
+    monkeypatch.delenv("DATABRICKS_HOST", raising=False)
+    (ui,) = shell.run_line_magic("aml_ui", "").uis
+    assert ui.url is None and "DATABRICKS_HOST" in ui.note
+    monkeypatch.setenv("DATABRICKS_HOST", "https://adb-123.4.azuredatabricks.net/")
+    (ui,) = shell.run_line_magic("aml_ui", "").uis
+    assert ui.url == "https://adb-123.4.azuredatabricks.net/#mlflow/experiments"
+
+
+def test_both_mode_inspector_links_the_primary_and_the_mirror_run(linked, shell, mlflow_server, tmp_path):
+    """Primary: the tracking server; mirror: the embedded store served by %aml_ui."""
+    shell.run_line_magic("aml_link", "--local --mode both")
+    assert linked.link.mirror.kind == "embedded"
+    shell.run_cell_magic("track", "twice --metrics m", "m = 3.0")
+    record = linked.runs[0]
+    assert linked.journal.flush(timeout=60)
+    mirror_id = wait_for(lambda: linked.mirror_run_id(record), what="the mirror run created")
+    assert record.mirror_run_id == mirror_id != record.run_id
+    uis = shell.run_line_magic("aml_ui", "").uis
+    assert [ui.role for ui in uis] == ["primary", "mirror"] and uis[1].started_here
+    panel = shown_panel(shell)
+    panel.runs.rows[record.run_id].name.click()
+    details = panel.inspector.pending.result(timeout=60)
+    link = panel.inspector.link.value
+    assert f'href="{mlflow_server.uri}/#/experiments/{record.experiment_id}/runs/{record.run_id}"' in link
+    mirror_run = _get(f"{uis[1].url}/api/2.0/mlflow/runs/get?run_id={mirror_id}")["run"]
+    expected = f"{uis[1].url}/#/experiments/{mirror_run['info']['experiment_id']}/runs/{mirror_id}"
+    assert f'href="{expected}"' in link and f"mirror copy <code>{mirror_id}</code>" in link
+    assert details.mirror_ui_url == expected
+    server = ui_server._servers[linked.link.mirror.uri]
+    shell.run_line_magic("unload_ext", "dbxml_magics")
+    assert server.process.poll() is not None and not ui_server._servers
