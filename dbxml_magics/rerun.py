@@ -184,6 +184,8 @@ class _Reads:
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             self.assigned.add(node.name)  # first, so a recursive function is not its own input
             self.reads(node)
+        elif (timed := _timed_code(node)) is not None:
+            self.statements(timed)
         else:
             self.reads(node)
 
@@ -212,6 +214,24 @@ class _Reads:
             self.inputs.setdefault(node.id, getattr(node, "lineno", 0))
 
 
+def _timed_code(node) -> list | None:
+    """The statements of `%time CODE` / `%%time` (IPython runs CODE in the user namespace)."""
+    call = node.value if isinstance(node, ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+        return None
+    if call.func.attr not in ("run_line_magic", "run_cell_magic") or len(call.args) < 2:
+        return None
+    name, code = call.args[0], call.args[-1]
+    if not (isinstance(name, ast.Constant) and name.value in ("time", "timeit")):
+        return None
+    if not (isinstance(code, ast.Constant) and isinstance(code.value, str)):
+        return None
+    try:
+        return ast.parse(code.value).body
+    except SyntaxError:
+        return None
+
+
 def _locals(node) -> set[str]:
     """Names bound inside the function, lambda, class and comprehension scopes within `node`."""
     names = set()
@@ -222,7 +242,8 @@ def _locals(node) -> set[str]:
             arguments = scope.args
             names.update(a.arg for a in arguments.posonlyargs + arguments.args + arguments.kwonlyargs)
             names.update(a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None)
-        body = scope.body if isinstance(scope.body, list) else [scope.body]
+        body = getattr(scope, "body", [])  # comprehensions bind only their targets
+        body = body if isinstance(body, list) else [body]
         for part in body + [g.target for g in getattr(scope, "generators", [])]:
             for child in ast.walk(part):
                 if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):

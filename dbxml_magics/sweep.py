@@ -66,7 +66,7 @@ def run_sweep(session: Session, shell, request: TrackRequest, sweep: SweepReques
                 child.record(session.runs[started:], parent, "KILLED", "interrupted")
                 raise
             except Exception as exc:  # noqa: BLE001 - one combination failing does not stop the sweep
-                child.record(session.runs[started:], parent, "FAILED", first_line(exc))
+                child.record(session.runs[started:], parent, "FAILED", f"{type(exc).__name__}: {first_line(exc)}")
                 print(f"dbxml: sweep {parent.name!r}: {child.label} failed ({child.error}); going on.", file=sys.stderr)
             else:
                 child.record(session.runs[started:], parent, "FINISHED")
