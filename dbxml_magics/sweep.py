@@ -61,7 +61,7 @@ def run_sweep(session: Session, shell, request: TrackRequest, sweep: SweepReques
         for child in children:
             started = len(session.runs)
             try:
-                run_tracked_cell(session, shell, replace(request, name=f"{parent.name}[{child.label}]", nested=True, inputs=child.values), cell)
+                run_tracked_cell(session, shell, replace(request, name=child.run_name(parent), nested=True, inputs=child.values), cell)
             except KeyboardInterrupt:
                 child.record(session.runs[started:], parent, "KILLED", "interrupted")
                 raise
@@ -97,6 +97,10 @@ class _Child:
     @property
     def label(self) -> str:
         return " ".join(f"{name}={value!r}" for name, value in self.values.items())
+
+    def run_name(self, parent: RunRecord) -> str:
+        """`tune[alpha=0.1,max_iter=300]`: one word, so `%aml_rerun` takes it as typed."""
+        return f"{parent.name}[{','.join(f'{name}={value!r}' for name, value in self.values.items())}]"
 
     def record(self, new_runs: list[RunRecord], parent: RunRecord, status: str, error: str | None = None) -> None:
         """Take the outcome from the child run just made (none when the run could not start)."""

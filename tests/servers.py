@@ -59,10 +59,16 @@ class MlflowServer:
                 "--workers", "1",
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+            # The job runner (huey consumers, seven processes) serves GenAI jobs no test uses.
+            env={**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         log.close()
-        wait_http(self.uri + "/health", timeout=120, process=self.process)
+        try:
+            # Bound for a loaded 2-core machine, where start-up has taken over two minutes.
+            wait_http(self.uri + "/health", timeout=300, process=self.process)
+        except BaseException:
+            self.stop()  # a server that never answered must not outlive the test run
+            raise
         return self
 
     def stop(self) -> None:

@@ -39,7 +39,7 @@ def test_grid_with_one_failing_combination(ext, shell, tmp_path, capsys):
     assert [(c.data.params["alpha"], c.data.params["max_iter"], c.info.status) for c in children] == [
         ("0.01", "100", "FINISHED"), ("0.01", "300", "FINISHED"), ("1", "100", "FINISHED"), ("1", "300", "FAILED"),
     ]
-    assert children[0].info.run_name == "tune[alpha=0.01 max_iter=100]"
+    assert children[0].info.run_name == "tune[alpha=0.01,max_iter=100]"
     assert "traceback.txt" in {a.path for a in client.list_artifacts(children[3].info.run_id)}
     best = children[1]  # r2 = 1 - 0.01/300
     run = client.get_run(parent.run_id)
