@@ -25,6 +25,18 @@ def _header(source: str, key: str) -> str | None:
     return next((line[len(prefix):].strip() for line in source.splitlines() if line.startswith(prefix)), None)
 
 
+@pytest.fixture(autouse=True)
+def fresh_autologging():
+    """Each cell starts as in a new kernel: an earlier cell's `mlflow.sklearn.autolog(disable=True)`
+    would otherwise keep sklearn out of a later `mlflow.autolog()` (MLflow respects explicit calls)."""
+    from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS
+
+    AUTOLOGGING_INTEGRATIONS.clear()
+    yield
+    mlflow.autolog(disable=True, silent=True)
+    AUTOLOGGING_INTEGRATIONS.clear()
+
+
 def test_corpus_has_at_least_twelve_cells():
     assert len(CORPUS) >= 12
 
