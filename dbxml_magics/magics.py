@@ -100,10 +100,20 @@ class DbxmlMagics(Settings, Magics):
     @argument("--autolog", action="store_true", help="Enable mlflow.autolog() for the cell.")
     @argument("--nested", action="store_true", help="Start a child run of the active run.")
     @argument("--no-source", action="store_true", help="Do not log the cell source as an artifact.")
+    @argument(
+        "--sweep", nargs="+", default=None, metavar="NAME=V1,V2",
+        help="Run the cell once per combination of values, each a child run of one parent run.",
+    )
+    @argument("--random", type=int, default=None, metavar="N", help="With --sweep: N combinations drawn from the grid.")
+    @argument("--metric", default=None, help="With --sweep: the metric whose best child the parent records.")
+    @argument("--goal", choices=["min", "max"], default=None, help="With --metric: which value is best.")
     @cell_magic
     @_user_errors
     def track(self, line, cell):
-        """Run the cell as an MLflow run: params, metrics, source, status (FINISHED/FAILED/KILLED)."""
+        """Run the cell as an MLflow run: params, metrics, source, status (FINISHED/FAILED/KILLED).
+
+        MLflow code already in the cell runs unchanged: mlflow.start_run() continues the cell's
+        run, start_run(nested=True) makes a child of it. --sweep runs the cell once per combination."""
         __tracebackhide__ = True  # noqa: F841
         from .tracking import TrackRequest, run_tracked_cell
         from .userns import parse_tags
@@ -120,7 +130,28 @@ class DbxmlMagics(Settings, Magics):
             nested=args.nested,
             log_source=not args.no_source,
         )
-        return run_tracked_cell(self.session, self.shell, request, cell)
+        if args.sweep is None:
+            if args.random is not None or args.metric or args.goal:
+                raise UsageError("--random, --metric and --goal go with --sweep. Example: --sweep alpha=0.01,0.1 --metric r2 --goal max")
+            return run_tracked_cell(self.session, self.shell, request, cell)
+        from .sweep import SweepRequest, run_sweep
+
+        sweep = SweepRequest(values=args.sweep, random=args.random, metric=args.metric, goal=args.goal)
+        return run_sweep(self.session, self.shell, request, sweep, cell)
+
+    @magic_arguments()
+    @argument("run", help="`last`, a run name of this session, or a run id (also of an earlier session).")
+    @argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="Variables set before the cell, over the run's params.")
+    @argument("--name", default=None, help="Name of the new run (default: the run's name + -rerun).")
+    @line_magic
+    @_user_errors
+    def aml_rerun(self, line):
+        """Run the cell a tracked run recorded (cell.py) again as a new run, its params put back as variables."""
+        __tracebackhide__ = True  # noqa: F841
+        from .rerun import rerun_from_args
+
+        args = _parse(self.aml_rerun, line)
+        return rerun_from_args(self.session, self.shell, args)
 
     # ------------------------------------------------------------------ %aml_link
     @magic_arguments()

@@ -53,6 +53,7 @@ class RunRecord:
     mirror_run_id: str | None = None
     model_versions: list[str] = field(default_factory=list)
     error: str | None = None
+    parent_run_id: str | None = None  # a child's parent (%%track --nested, a sweep's combinations)
 
     @property
     def duration(self) -> float | None:

@@ -7,6 +7,7 @@ calls in the cell and the magic's own logging take the same batched, durable pat
 """
 
 import ast
+import json
 import numbers
 import os
 import platform
@@ -16,13 +17,14 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cell_runs import CellRuns
 from .errors import TrackError
 from .masking import first_line, redact
 from .experiments import use_experiment
 from .session import RunRecord, Session
 from .userns import lookup, notebook_path
 
-__all__ = ["TrackRequest", "run_tracked_cell"]
+__all__ = ["TrackRequest", "run_tracked_cell", "prepare_cell", "start_tracked_run", "end_tracked_run"]
 
 
 @dataclass
@@ -38,6 +40,13 @@ class TrackRequest:
     autolog: bool = False
     nested: bool = False
     log_source: bool = True
+    # Variables put into the namespace before the cell and logged as params (re-runs, sweeps).
+    inputs: dict[str, object] = field(default_factory=dict)
+
+    def recorded(self) -> str:
+        """The options a re-run of the cell needs again, as the `dbxml.track` tag's JSON."""
+        options = {"params": self.params, "metrics": self.metrics, "artifacts": self.artifacts, "autolog": self.autolog}
+        return json.dumps({key: value for key, value in options.items() if value})
 
 
 def _check_names(option: str, names: list[str]) -> None:
@@ -49,58 +58,28 @@ def _check_names(option: str, names: list[str]) -> None:
 def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
     """Run `cell` as an MLflow run; returns the value of the cell's last expression."""
     __tracebackhide__ = True  # noqa: F841 - IPython hides this frame in user tracebacks
-    if not cell.strip():
-        raise TrackError("The %%track cell is empty: put the code to track below the %%track line.")
-    if request.experiment is not None and not request.experiment.strip():
-        raise TrackError("--experiment needs a name. Example: --experiment churn-model")
-    _check_names("--params", request.params)
-    _check_names("--metrics", request.metrics)
-    code = _compile_cell(shell, cell)
+    code = prepare_cell(shell, request, cell)
 
     import mlflow
 
-    link = session.activate()
-    active = mlflow.active_run()
-    if active is not None and not request.nested:
-        raise TrackError(
-            f"Run {active.info.run_id} is still active. End it with mlflow.end_run(), or use %%track --nested."
-        )
-    experiment_id, experiment_name = use_experiment(session, request.experiment, TrackError)
-    tags = {
-        "mlflow.source.name": notebook_path(session.namespace),
-        "mlflow.source.type": "NOTEBOOK",
-        "dbxml.kernel": f"python {platform.python_version()} pid {os.getpid()}",
-        **request.tags,
-    }
-    try:
-        run = mlflow.start_run(
-            run_name=request.name, experiment_id=experiment_id, nested=request.nested, tags=tags
-        )
-    except Exception as exc:  # noqa: BLE001 - any store failure becomes one line
-        if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
-            # The store answered: the request (a tag key, a run name) is what needs fixing.
-            raise TrackError(f"{link.primary.display} refused the run: {first_line(exc)}. The cell was not run.") from None
-        raise TrackError(
-            f"Could not start a run on {link.primary.display}: {first_line(exc)}. The cell was not run; "
-            "check that the store is reachable, or run %aml_link --local to use the embedded store."
-        ) from None
-    run_id = run.info.run_id
-    record = session.add_run(
-        RunRecord(
-            run_id=run_id,
-            name=run.info.run_name,
-            experiment_id=experiment_id,
-            experiment=experiment_name,
-            target=link.primary.display,
-        )
-    )
+    record = start_tracked_run(session, request, {"dbxml.track": request.recorded()})
+    run_id = record.run_id
+    if request.inputs:
+        from mlflow.entities import Param
+
+        shell.user_ns.update(request.inputs)
+        values = {name: _param_value(value) for name, value in request.inputs.items()}
+        mlflow.MlflowClient().log_batch(run_id, metrics=[], params=[Param(k, v) for k, v in values.items()], tags=[])
+        record.params.update(values)
     started = time.time()
     status = "FINISHED"
     error = None
     autolog_before = _enable_autolog() if request.autolog else None
+    cell_runs = CellRuns(run_id, record.experiment_id, record.experiment, lambda name: session.update_run(record, name=name))
     try:
         try:
-            return _execute(shell, code)
+            with cell_runs:
+                return _execute(shell, code)
         except KeyboardInterrupt:
             status, error = "KILLED", "interrupted"
             raise
@@ -109,6 +88,8 @@ def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
             session.journal.log_text(run_id, redact(traceback.format_exc()), "traceback.txt")
             raise
     finally:
+        if status == "FINISHED" and cell_runs.status:
+            status, error = cell_runs.status, f"the cell ended its run {cell_runs.status} (mlflow.end_run)"
         outcome_error = None
         try:
             _log_outcome(session, shell, request, cell, run_id, record, started)
@@ -128,6 +109,72 @@ def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
                 print(f"dbxml: {outcome_error}.", file=sys.stderr)
             else:
                 raise TrackError(f"{outcome_error}. The run ended FAILED; the cell's variables are kept.")
+
+
+def prepare_cell(shell, request: TrackRequest, cell: str) -> "_CompiledCell":
+    """Check the request and compile the cell; a mistake is one line, before any run starts."""
+    if not cell.strip():
+        raise TrackError("The %%track cell is empty: put the code to track below the %%track line.")
+    if request.experiment is not None and not request.experiment.strip():
+        raise TrackError("--experiment needs a name. Example: --experiment churn-model")
+    _check_names("--params", request.params)
+    _check_names("--metrics", request.metrics)
+    return _compile_cell(shell, cell)
+
+
+def start_tracked_run(session: Session, request: TrackRequest, extra_tags: dict[str, str] | None = None) -> RunRecord:
+    """Start the run of a tracked cell (or of a sweep) on the primary store; the session records it."""
+    import mlflow
+
+    link = session.activate()
+    active = mlflow.active_run()
+    if active is not None and not request.nested:
+        raise TrackError(
+            f"Run {active.info.run_id} is still active. End it with mlflow.end_run(), or use %%track --nested."
+        )
+    experiment_id, experiment_name = use_experiment(session, request.experiment, TrackError)
+    tags = {
+        "mlflow.source.name": notebook_path(session.namespace),
+        "mlflow.source.type": "NOTEBOOK",
+        "dbxml.kernel": f"python {platform.python_version()} pid {os.getpid()}",
+        **(extra_tags or {}),
+        **request.tags,
+    }
+    try:
+        run = mlflow.start_run(
+            run_name=request.name, experiment_id=experiment_id, nested=request.nested, tags=tags
+        )
+    except Exception as exc:  # noqa: BLE001 - any store failure becomes one line
+        if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
+            # The store answered: the request (a tag key, a run name) is what needs fixing.
+            raise TrackError(f"{link.primary.display} refused the run: {first_line(exc)}. The cell was not run.") from None
+        raise TrackError(
+            f"Could not start a run on {link.primary.display}: {first_line(exc)}. The cell was not run; "
+            "check that the store is reachable, or run %aml_link --local to use the embedded store."
+        ) from None
+    return session.add_run(
+        RunRecord(
+            run_id=run.info.run_id,
+            name=run.info.run_name,
+            experiment_id=experiment_id,
+            experiment=experiment_name,
+            target=link.primary.display,
+            parent_run_id=active.info.run_id if active is not None else None,
+        )
+    )
+
+
+def end_tracked_run(session: Session, record: RunRecord, status: str, error: str | None = None) -> None:
+    """End a run of start_tracked_run that runs no cell itself (a sweep's parent) with `status`."""
+    import mlflow
+
+    mlflow.end_run(status)
+    _settle(session, record.run_id)
+    session.update_run(record, status=status, end_time=time.time(), error=error)
+
+
+def _param_value(value) -> str:
+    return redact(str(value))[:6000]
 
 
 def _enable_autolog() -> dict:
@@ -203,7 +250,7 @@ def _log_outcome(session, shell, request, cell, run_id, record, started) -> None
         if not found:
             notes.append(f"--params: no variable {name!r} after the cell; not logged")
             continue
-        params[name] = redact(str(value))[:6000]
+        params[name] = _param_value(value)
     for name in request.metrics:
         found, value = lookup(namespace, name)
         if not found:

@@ -1,10 +1,11 @@
 """What the magics read from the user's namespace and the notebook around it: variables, tags, its path."""
 
+import ast
 import os
 
 from .errors import DbxmlError
 
-__all__ = ["lookup", "require_variable", "parse_tags", "notebook_path"]
+__all__ = ["lookup", "require_variable", "parse_tags", "notebook_path", "literal", "parse_assignment"]
 
 
 def lookup(namespace: dict, dotted: str) -> tuple[bool, object]:
@@ -74,3 +75,21 @@ def notebook_path(namespace: dict) -> str:
         if os.environ.get(variable):
             return os.environ[variable]
     return "ipython"
+
+
+def literal(text: str):
+    """A value typed on a magic line or read back from a param: the Python literal it spells
+    (`0.1`, `300`, `True`, `None`, `(10, 5)`, `'a b'`), else the text itself (`lbfgs`)."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def parse_assignment(item: str, option: str, error: type[DbxmlError] = DbxmlError) -> tuple[str, str]:
+    """`NAME=VALUE` of a magic option as (NAME, VALUE text); a malformed item is one line naming it."""
+    name, sep, value = item.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise error(f"{option} expects NAME=VALUE with NAME a variable name; got {item!r}. Example: {option} alpha=0.1")
+    return name, value
