@@ -6,6 +6,7 @@ heavy: mlflow, pyspark, azureml and ipywidgets are imported where first needed.
 """
 
 import atexit
+import sys
 
 __version__ = "0.1.0"
 __all__ = ["load_ipython_extension", "unload_ipython_extension", "__version__"]
@@ -38,6 +39,11 @@ def load_ipython_extension(ipython) -> None:
 
     if id(ipython) in _loaded:
         return
+    from .versions import mlflow_mixture
+
+    mixture = mlflow_mixture()
+    if mixture:
+        print(f"dbxml-magics: WARN {mixture}", file=sys.stderr)
     magics = DbxmlMagics(shell=ipython, session=None)
     session = Session(magics, shell_key=id(ipython), namespace=ipython.user_ns)
     magics.session = session

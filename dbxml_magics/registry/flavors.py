@@ -1,5 +1,6 @@
 """Models held in the notebook: which MLflow flavor saves them, and saving them with a signature."""
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,19 @@ def _class_names(obj) -> set[str]:
     return {f"{cls.__module__}.{cls.__name__}" for cls in type(obj).__mro__}
 
 
+# Boosting libraries' models are scikit-learn estimators too: their own flavors come first.
+_OWN_FLAVORS = {
+    "xgboost": ("xgboost.sklearn.XGBModel", "xgboost.core.Booster"),
+    "lightgbm": ("lightgbm.sklearn.LGBMModel", "lightgbm.basic.Booster"),
+}
+
+
 def detect_flavor(obj) -> str | None:
-    """'sklearn', 'spark' or 'pyfunc' for a model object, None for anything else."""
+    """'xgboost', 'lightgbm', 'sklearn', 'spark' or 'pyfunc' for a model object, None for anything else."""
     classes = _class_names(obj)
+    for flavor, names in _OWN_FLAVORS.items():
+        if classes.intersection(names):
+            return flavor
     if "sklearn.base.BaseEstimator" in classes:
         return "sklearn"
     if "pyspark.ml.base.Transformer" in classes:
@@ -48,7 +59,7 @@ def _check_model(var: str, obj, forced: str | None) -> str:
             "model (PipelineModel, Transformer), or an object with a predict method."
         )
     flavor = forced or detected
-    if flavor == "sklearn" and detected != "sklearn":
+    if flavor == "sklearn" and "sklearn.base.BaseEstimator" not in classes:
         raise RegisterError(f"--flavor sklearn: {var} ({_describe(obj)}) is not a scikit-learn estimator.")
     if flavor == "spark" and detected != "spark":
         raise RegisterError(f"--flavor spark: {var} ({_describe(obj)}) is not a Spark ML model.")
@@ -56,7 +67,7 @@ def _check_model(var: str, obj, forced: str | None) -> str:
         "mlflow.pyfunc.model.PythonModel" in classes or callable(getattr(obj, "predict", None))
     ):
         raise RegisterError(f"--flavor pyfunc: {var} ({_describe(obj)}) has no predict method.")
-    if flavor == "sklearn":
+    if flavor != "pyfunc" and "sklearn.base.BaseEstimator" in classes:
         from sklearn.exceptions import NotFittedError
         from sklearn.utils.validation import check_is_fitted
 
@@ -95,7 +106,14 @@ def save_in_memory_model(namespace: dict, request: RegisterRequest, path: Path, 
             signature = None if example is not None else _signature_from_training(obj)
             if example is None and signature is None:
                 notes.append(f"{request.name}: no signature recorded; pass --input-example VAR to record one.")
-            mlflow.sklearn.save_model(obj, str(path), mlflow_model=mlflow_model, signature=signature, input_example=example)
+            mlflow.sklearn.save_model(
+                obj, str(path), mlflow_model=mlflow_model, signature=signature, input_example=example,
+                **_sklearn_format(obj, request.name, notes),
+            )
+        elif flavor in ("xgboost", "lightgbm"):
+            flavor_module = importlib.import_module(f"mlflow.{flavor}")
+            signature = None if example is not None else _signature_from_training(obj)
+            flavor_module.save_model(obj, str(path), mlflow_model=mlflow_model, signature=signature, input_example=example)
         elif flavor == "spark":
             import mlflow.spark
 
@@ -115,6 +133,40 @@ def save_in_memory_model(namespace: dict, request: RegisterRequest, path: Path, 
             f"Cannot save {request.model} as a {flavor} model: {first_line(exc)}. Nothing was registered."
         ) from None
     return SavedModel(path=path, flavor=flavor)
+
+
+# Types skops may be told to trust: the estimator's own library and its array types.
+_SKOPS_TRUSTABLE = ("sklearn.", "numpy.", "scipy.")
+
+
+def _sklearn_format(obj, name: str, notes: list[str]) -> dict:
+    """How to save a scikit-learn model so that it loads back, as save_model arguments.
+
+    MLflow 3 saves with skops by default and refuses to load types skops does not trust
+    (trees and ensembles hold `sklearn.tree._tree.Tree`). Trust exactly the scikit-learn,
+    numpy and scipy types this model holds; a model holding anything else (a user's class, a
+    function) cannot be vouched for that way and is saved with cloudpickle, as MLflow 2 does.
+    """
+    import inspect
+
+    import mlflow.sklearn
+
+    if "skops_trusted_types" not in inspect.signature(mlflow.sklearn.save_model).parameters:
+        return {}  # an MLflow without skops: cloudpickle, its only format
+    try:
+        import skops.io
+
+        untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(obj))
+    except Exception as exc:  # noqa: BLE001 - skops cannot serialise it: pickle can
+        foreign = [first_line(exc)]
+    else:
+        foreign = [t for t in untrusted if not t.startswith(_SKOPS_TRUSTABLE)]
+        if not foreign:
+            return {"serialization_format": "skops", "skops_trusted_types": untrusted}
+    notes.append(
+        f"{name}: saved with cloudpickle, not skops ({', '.join(foreign[:3])}); load it only where its source is trusted."
+    )
+    return {"serialization_format": "cloudpickle"}
 
 
 def _example_rows(value, flavor: str):

@@ -1,0 +1,234 @@
+"""The runtime matrix: one environment per compat/ profile, the project installed with plain
+pip on top of the runtime's own packages, then the core suite in it.
+
+    python compat/run_matrix.py [PROFILE ...] [--build-only | --test-only] [--jobs N]
+
+For each profile (`compat/<name>.txt`: `# python:` line, then the runtime's pins):
+1. a virtualenv under `.compat/<name>/` with the runtime's packages (installed with uv when
+   it is there: they stand for what the runtime already has, not for what a user types);
+2. `pip install --dry-run --report` of the project with the install line the README gives for
+   that runtime: it must install none of the runtime's packages at another version, and no
+   mlflow-skinny beside mlflow at another version; the line without the mlflow-skinny pin is
+   resolved too, and what it would do is printed;
+3. the same install for real, with plain pip, timed;
+4. the core suite (CORE_TESTS) with pytest.
+
+An environment whose profile, pyproject.toml and this script are unchanged is reused (its
+checks passed when it was built). Exit status is non-zero when any step of any profile fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPAT = ROOT / "compat"
+ENVS = ROOT / ".compat"
+
+# What a notebook user does every day: track, journal, link, register (every sklearn family),
+# score on local Spark, panel state. Spark Connect is left out: Spark 3.5's server is not
+# bundled with pyspark (it is fetched from Maven), and the main suite covers it on "latest".
+CORE_TESTS = [
+    "tests/test_tracking.py",
+    "tests/test_journal.py",
+    "tests/test_aml_protocol.py",
+    "tests/test_registry.py",
+    "tests/test_sklearn_families.py",
+    "tests/test_scoring.py",
+    "tests/test_panel.py",
+    "tests/test_versions.py",
+]
+CORE_DESELECT = "not connect and not remote"
+TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
+RUNTIME_KEYS = ("pyspark", "mlflow", "pandas", "numpy", "scikit-learn", "pyarrow")
+
+
+@dataclass
+class Profile:
+    name: str
+    python: str
+    runtime: str
+    pins: dict[str, str]
+
+    @property
+    def path(self) -> Path:
+        return COMPAT / f"{self.name}.txt"
+
+    @property
+    def install_args(self) -> list[str]:
+        """The README's install line for this runtime (the project from this checkout)."""
+        return ["-e", str(ROOT), f"mlflow-skinny=={self.pins['mlflow']}"]
+
+
+def load_profiles() -> list[Profile]:
+    profiles = []
+    for path in sorted(COMPAT.glob("*.txt"), key=_profile_order):
+        meta, pins = {}, {}
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("#") and ":" in line:
+                key, _, value = line[1:].partition(":")
+                meta[key.strip()] = value.strip()
+            elif line and not line.startswith("#"):
+                name, _, version = line.partition("==")
+                pins[name.strip().lower()] = version.strip()
+        missing = [k for k in RUNTIME_KEYS if k not in pins] + [k for k in ("python", "runtime") if k not in meta]
+        if missing:
+            raise SystemExit(f"{path}: missing {', '.join(missing)}")
+        profiles.append(Profile(path.stem, meta["python"], meta["runtime"], pins))
+    return profiles
+
+
+def _profile_order(path: Path):
+    """Runtimes oldest first, "latest" last."""
+    try:
+        return (0, tuple(int(p) for p in path.stem.split(".")))
+    except ValueError:
+        return (1, ())
+
+
+def _stamp(profile: Profile) -> str:
+    digest = hashlib.sha256()
+    for path in (profile.path, ROOT / "pyproject.toml", Path(__file__)):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class Failed(Exception):
+    pass
+
+
+def _run(cmd: list[str], log: Path, env: dict | None = None, timeout: float = 1800) -> float:
+    started = time.monotonic()
+    with log.open("a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=ROOT)
+    if result.returncode:
+        raise Failed(f"`{' '.join(cmd[:6])} ...` exited {result.returncode}; see {log}")
+    return time.monotonic() - started
+
+
+def _resolve(profile: Profile, python: Path, args: list[str], log: Path) -> dict[str, str]:
+    """What `pip install ARGS` would install or replace: {name: version}."""
+    report = log.parent / "report.json"
+    _run([str(python), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report), *args], log)
+    installs = json.loads(report.read_text())["install"]
+    return {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installs}
+
+
+def check_plan(profile: Profile, planned: dict[str, str]) -> list[str]:
+    """Problems with a pip install plan: a runtime package replaced, or an mlflow/mlflow-skinny pair."""
+    problems = [
+        f"{name} {profile.pins[name]} would be replaced by {planned[name]}"
+        for name in profile.pins
+        if name in planned and planned[name] != profile.pins[name]
+    ]
+    skinny = planned.get("mlflow-skinny")
+    if skinny is not None and skinny != profile.pins["mlflow"]:
+        problems.append(f"mlflow-skinny {skinny} would be installed beside mlflow {profile.pins['mlflow']}")
+    return problems
+
+
+def _interpreter(version: str) -> str:
+    """`pythonX.Y`; pyenv's shim for it fails unless that version is selected, so its own first."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", "~/.pyenv")).expanduser()
+    found = sorted(pyenv.glob(f"versions/{version}.*/bin/python{version}"))
+    return str(found[-1]) if found else f"python{version}"
+
+
+def build(profile: Profile) -> str:
+    home = ENVS / profile.name
+    venv, log = home / "venv", home / "build.log"
+    stamp_file = home / "stamp"
+    if stamp_file.exists() and stamp_file.read_text() == _stamp(profile):
+        return f"{profile.name}: environment reused"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    python = venv / "bin" / "python"
+    _run([_interpreter(profile.python), "-m", "venv", str(venv)], log)
+    _run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], log)
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    runtime = ["-r", str(profile.path)]
+    if uv:
+        _run([uv, "pip", "install", "--quiet", "--python", str(python), *runtime], log)
+    else:
+        _run([str(python), "-m", "pip", "install", "--quiet", *runtime], log)
+
+    unpinned = check_plan(profile, _resolve(profile, python, ["-e", str(ROOT)], log))
+    problems = check_plan(profile, _resolve(profile, python, profile.install_args, log))
+    if problems:
+        raise Failed(f"{profile.name}: `pip install` would change the runtime: {'; '.join(problems)}")
+    seconds = _run([str(python), "-m", "pip", "install", "--quiet", *profile.install_args], log)
+    _run([str(python), "-m", "pip", "install", "--quiet", *TEST_TOOLS], log)
+    stamp_file.write_text(_stamp(profile))
+    without_pin = f"; without the mlflow-skinny pin: {'; '.join(unpinned)}" if unpinned else ""
+    return f"{profile.name}: runtime kept, plain pip install {seconds:.0f} s{without_pin}"
+
+
+def test(profile: Profile) -> str:
+    home = ENVS / profile.name
+    python = home / "venv" / "bin" / "python"
+    log = home / "pytest.log"
+    log.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+    seconds = _run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", CORE_DESELECT, *CORE_TESTS],
+        log, env=env, timeout=1800,
+    )
+    summary = log.read_text().strip().splitlines()[-1]
+    return f"{profile.name}: core suite {summary.strip('= ')} ({seconds:.0f} s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("profiles", nargs="*", help="profile names (default: all in compat/)")
+    step = parser.add_mutually_exclusive_group()
+    step.add_argument("--build-only", action="store_true")
+    step.add_argument("--test-only", action="store_true")
+    parser.add_argument("--jobs", type=int, default=2, help="environments built at once")
+    args = parser.parse_args(argv)
+    profiles = load_profiles()
+    if args.profiles:
+        unknown = set(args.profiles) - {p.name for p in profiles}
+        if unknown:
+            parser.error(f"unknown profile(s) {', '.join(sorted(unknown))}; see compat/*.txt")
+        profiles = [p for p in profiles if p.name in args.profiles]
+
+    failed: set[str] = set()
+    started = time.monotonic()
+    if not args.test_only:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for profile, future in [(p, pool.submit(build, p)) for p in profiles]:
+                try:
+                    print(future.result(), flush=True)
+                except (Failed, subprocess.TimeoutExpired) as exc:
+                    failed.add(profile.name)
+                    print(f"{profile.name}: BUILD FAILED: {exc}", flush=True)
+    if not args.build_only:
+        # One profile at a time: each starts its own Spark and MLflow servers on 2 cores.
+        for profile in profiles:
+            if profile.name in failed:
+                continue
+            try:
+                print(test(profile), flush=True)
+            except (Failed, subprocess.TimeoutExpired) as exc:
+                failed.add(profile.name)
+                print(f"{profile.name}: CORE SUITE FAILED: {exc}", flush=True)
+    print(f"matrix: {len(profiles) - len(failed)}/{len(profiles)} profiles passed in {time.monotonic() - started:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
