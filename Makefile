@@ -3,13 +3,13 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test compat bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
-	# uv resolves azureml-core's many pins in seconds where pip backtracks for minutes.
-	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[test]'
+	# uv for speed here (its cache is warm); `make compat` proves the plain-pip install per runtime.
+	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[spark,sdk-v1,test]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -18,8 +18,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
+# The runtime matrix alone: one environment per compat/*.txt, plain pip, the core suite in each.
+compat: $(VENV)/.installed
+	$(PY) compat/run_matrix.py
+
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts .dbxml spark-warehouse
+	rm -rf $(VENV) .compat mlflow.db mlartifacts .dbxml spark-warehouse

@@ -13,8 +13,8 @@ For each profile (`compat/<name>.txt`: `# python:` line, then the runtime's pins
 3. the same install for real, with plain pip, timed;
 4. the core suite (CORE_TESTS) with pytest.
 
-An environment whose profile, pyproject.toml and this script are unchanged is reused (its
-checks passed when it was built). Exit status is non-zero when any step of any profile fails.
+An environment whose profile and project requirements are unchanged is reused (its checks
+passed when it was built). Exit status is non-zero when any step of any profile fails.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +98,27 @@ def _profile_order(path: Path):
         return (1, ())
 
 
+def support_table(profiles: list[Profile]) -> str:
+    """The README's support table: what each profile pins, and the install line it proves."""
+    rows = [
+        "| Runtime | Python | Spark | MLflow | pandas | numpy | scikit-learn | pyarrow | Install with |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in profiles:
+        if p.name == "latest":
+            runtime, line = "newest releases (no runtime)", "`pip install 'dbxml-magics[spark]'`"
+        else:
+            runtime, line = f"Databricks {p.runtime}", f"`%pip install dbxml-magics mlflow-skinny=={p.pins['mlflow']}`"
+        versions = " | ".join(p.pins[k] for k in RUNTIME_KEYS)
+        rows.append(f"| {runtime} | {p.python} | {versions} | {line} |")
+    return "\n".join(rows)
+
+
 def _stamp(profile: Profile) -> str:
-    digest = hashlib.sha256()
-    for path in (profile.path, ROOT / "pyproject.toml", Path(__file__)):
-        digest.update(path.read_bytes())
+    """What an environment was built from: the profile and the project's own requirements."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    digest = hashlib.sha256(profile.path.read_bytes())
+    digest.update(json.dumps([project["requires-python"], project["dependencies"]]).encode())
     return digest.hexdigest()
 
 
@@ -178,6 +196,8 @@ def build(profile: Profile) -> str:
 
 def test(profile: Profile) -> str:
     home = ENVS / profile.name
+    if not (home / "stamp").exists() or (home / "stamp").read_text() != _stamp(profile):
+        raise Failed(f"no up-to-date environment; build it: python compat/run_matrix.py {profile.name} --build-only")
     python = home / "venv" / "bin" / "python"
     log = home / "pytest.log"
     log.unlink(missing_ok=True)
@@ -197,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     step = parser.add_mutually_exclusive_group()
     step.add_argument("--build-only", action="store_true")
     step.add_argument("--test-only", action="store_true")
+    step.add_argument("--table", action="store_true", help="print the README's support table")
     parser.add_argument("--jobs", type=int, default=2, help="environments built at once")
     args = parser.parse_args(argv)
     profiles = load_profiles()
@@ -205,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown profile(s) {', '.join(sorted(unknown))}; see compat/*.txt")
         profiles = [p for p in profiles if p.name in args.profiles]
+    if args.table:
+        print(support_table(profiles))
+        return 0
 
     failed: set[str] = set()
     started = time.monotonic()

@@ -169,7 +169,7 @@ def _remote_session(url: str) -> SparkChoice:
         check_dependencies()
     except ImportError as exc:
         raise ScoreError(
-            f"Spark Connect needs packages that are not installed ({exc}); run: pip install 'pyspark[connect]'"
+            f"Spark Connect needs packages that are not installed ({exc}); run: pip install 'dbxml-magics[spark]'"
         ) from None
     client = _connect_clients.get(url)
     if client is not None and not _stopped(client):
@@ -200,7 +200,10 @@ def _active_session():
     try:
         from pyspark.sql import SparkSession
     except ImportError:
-        raise ScoreError("pyspark is not installed; run: pip install pyspark") from None
+        raise ScoreError(
+            "No Spark here: pyspark is not installed. On Databricks, attach the notebook to a cluster; "
+            "elsewhere run: pip install 'dbxml-magics[spark]'"
+        ) from None
     from pyspark import SparkContext
 
     with _classic_mode():
