@@ -6,6 +6,7 @@ Rows are (id, run_key, kind, payload) as the outbox stores them.
 """
 
 import base64
+import inspect
 import json
 import shutil
 import tempfile
@@ -185,7 +186,15 @@ def _artifact_repo(journal, key: str, store, remote_id: str):
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     artifact_uri = store.get_run(remote_id).info.artifact_uri
-    return get_artifact_repository(artifact_uri, tracking_uri=journal.targets[key].uri)
+    target_uri = journal.targets[key].uri
+    if "tracking_uri" in inspect.signature(get_artifact_repository).parameters:
+        return get_artifact_repository(artifact_uri, tracking_uri=target_uri)
+    # MLflow 2.x takes no tracking URI: resolve a server's mlflow-artifacts: URI against this target.
+    if artifact_uri.startswith("mlflow-artifacts:"):
+        from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+        artifact_uri = MlflowArtifactsRepository.resolve_uri(artifact_uri, target_uri)
+    return get_artifact_repository(artifact_uri)
 
 
 def _upload_artifact(journal, key: str, store, remote_id: str, row_id: int, payload: dict) -> None:
