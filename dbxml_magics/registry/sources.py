@@ -130,9 +130,14 @@ def _end_run(session: Session, client, record: RunRecord, status: str) -> None:
 
 
 def run_artifact_source(client, run_id: str, path: str) -> str:
-    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+    import inspect
 
-    return RunsArtifactRepository.get_underlying_uri(f"runs:/{run_id}/{path}", tracking_uri=client.tracking_uri)
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+    from mlflow.tracking.artifact_utils import get_artifact_uri
+
+    if "tracking_uri" in inspect.signature(RunsArtifactRepository.get_underlying_uri).parameters:
+        return RunsArtifactRepository.get_underlying_uri(f"runs:/{run_id}/{path}", tracking_uri=client.tracking_uri)
+    return get_artifact_uri(run_id, path, client.tracking_uri)  # MLflow 2.x: the same, on the client's store
 
 
 def source_from_run(session: Session, client, run_ref: str, path: str) -> Source:
