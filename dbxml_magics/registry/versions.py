@@ -48,7 +48,8 @@ def create_version(client, request: RegisterRequest, source: Source, name_exists
             run_id=source.run_id,
             tags=request.tags or None,
             description=request.description,
-            model_id=source.model_id,
+            # Links the version to an MLflow 3 logged model; MLflow 2.x has neither the models nor the argument.
+            **({"model_id": source.model_id} if source.model_id else {}),
         )
         if request.alias:
             client.set_registered_model_alias(request.name, request.alias, version.version)
