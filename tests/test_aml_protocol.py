@@ -58,7 +58,7 @@ def test_aml_only_track_goes_through_the_plugin_in_batches(ext, shell, aml_works
         f"\n300 points in a %%track cell on aml-only: {len(batches)} log-batch requests, "
         f"{len(emulator.requests)} requests in all, {seconds:.2f} s"
     )
-    assert ext.journal.pending() == 0
+    assert ext.journal.flush(timeout=60) and ext.journal.pending() == 0
     # The inspector reads the run back through the plugin and links to the run's page in studio.
     details = ext.run_details(run_id)
     assert details.histories["loss"][-1] == (299, pytest.approx(1 / 300))
