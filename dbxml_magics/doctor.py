@@ -218,20 +218,16 @@ def _experiments(session) -> list[Check]:
 
 
 def _versions(link) -> list[Check]:
-    from importlib import metadata
+    from .versions import installed_versions, mlflow_mixture
 
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    mlflow, skinny = version("mlflow"), version("mlflow-skinny")
-    azureml, pyspark = version("azureml-mlflow"), version("pyspark")
+    versions = installed_versions()
+    mlflow, skinny = versions["mlflow"], versions["mlflow-skinny"]
+    azureml, pyspark = versions["azureml-mlflow"], versions["pyspark"]
     found = f"mlflow {mlflow or '-'}, mlflow-skinny {skinny or '-'}, azureml-mlflow {azureml or '-'}, pyspark {pyspark or '-'}"
-    if mlflow and skinny and mlflow != skinny:
-        return [Check("FAIL", "versions", f"{found}: two distributions write one mlflow package",
-                      f"pip install mlflow-skinny=={mlflow} (or the mlflow matching {skinny}) so both agree")]
+    mixture = mlflow_mixture()
+    if mixture:
+        problem, _, fix = mixture.partition("; ")
+        return [Check("FAIL", "versions", problem, fix)]
     current = mlflow or skinny
     if current is None:
         return [Check("FAIL", "versions", found, "pip install mlflow")]
