@@ -303,6 +303,11 @@ def _settle(session: Session, run_id: str) -> None:
         return
     primary = session.link.primary.display
     error = next((s["last_error"] for s in journal.status() if s["target"] == primary), None)
+    previous = session.runs[-2] if len(session.runs) > 1 else None
+    if not error and previous is not None and journal.owns(previous.run_id):
+        # Back-pressure: a cell does not wait for its own run but for the one before it, so the
+        # backlog stays about one cell long and a kernel's exit can ship it in time.
+        journal.flush(previous.run_id, primary_only=True)
     if error:
         print(
             f"dbxml: {primary} is not reachable ({error}); {journal.pending(run_id)} writes of run {run_id} are "
