@@ -448,3 +448,31 @@ def test_azure_lookup_after_az_login_runs_off_the_kernel_thread(ext, shell, monk
         lookup.result(timeout=60)
     wait_for(lambda: "Azure" in panel.picker.account_message.value, what="inline lookup result")
     assert panel.message.value == ""
+
+
+def test_rerun_button_runs_the_recorded_cell_again_as_a_new_run(ext, shell):
+    panel = shown_panel(shell)
+    shell.user_ns["alpha"] = 0.5
+    shell.run_cell_magic("track", "first --params alpha", "result = alpha * 2")
+    first = ext.runs[0].run_id
+    shell.user_ns["alpha"] = 99  # the button restores the run's own params, not the notebook's
+    assert panel.inspector.rerun_button.disabled  # nothing inspected yet
+    panel.runs.rows[first].name.click()
+    panel.inspector.pending.result(timeout=60)
+    panel.inspector.rerun_button.click()
+    assert len(ext.runs) == 2
+    again = ext.last_run
+    assert again.run_id != first and again.status == "FINISHED"
+    assert shell.user_ns["result"] == 1.0
+    import mlflow
+
+    assert mlflow.MlflowClient().get_run(again.run_id).data.tags["dbxml.rerun_of"] == first
+
+
+def test_check_button_shows_the_doctor_lines(ext, shell):
+    panel = shown_panel(shell)
+    report = panel.check().result(timeout=60)
+    assert report and all(line.split()[0] in ("OK", "WARN", "FAIL") for line in report.splitlines())
+    shown = "".join(output.get("text", "") for output in panel.checks.outputs)
+    assert shown.strip() == report.strip()
+    assert not panel.check_button.disabled

@@ -41,7 +41,7 @@ class SessionPanel:
         self.message = widgets.HTML()
         self.log = widgets.Output()  # tracebacks of unexpected errors, so none is lost
         self.runs = RunsTable(session, on_select=self.inspect, report=self.report, on_compare=self.compare)
-        self.inspector = Inspector(session, report=self.report)
+        self.inspector = Inspector(session, report=self.report, on_rerun=self.rerun)
         self.comparison = CompareView(session, report=self.report)
         self.live = LiveUpdates(session, self.runs, self.inspector, report=self.report)
         self.ui_button = widgets.Button(
@@ -49,6 +49,13 @@ class SessionPanel:
             tooltip="Open MLflow's UI for the linked stores (starts it for the embedded store): %aml_ui",
         )
         self.ui_button.on_click(guarded(self.report, lambda _button: self.open_ui()))
+        self.check_button = widgets.Button(
+            description="Check", icon="stethoscope",
+            tooltip="Preflight of the link, stores, credentials, environment and journal: %aml_link --doctor",
+        )
+        self.check_button.on_click(guarded(self.report, lambda _button: self.check()))
+        self.checks = widgets.Output()
+        self.rerun_output = widgets.Output()  # what a re-run cell prints, below the inspector
         self.ui = widgets.Output()
         self._ui_pending: Future | None = None
         self._ui_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dbxml-panel-ui")
@@ -59,8 +66,12 @@ class SessionPanel:
         )
         self.widget = widgets.VBox(
             [
-                widgets.HBox([self.header, self.ui_button], layout=widgets.Layout(justify_content="space-between")),
-                self.runs.widget, self.comparison.widget, self.inspector.widget, self.ui, self.workspace,
+                widgets.HBox(
+                    [self.header, widgets.HBox([self.check_button, self.ui_button])],
+                    layout=widgets.Layout(justify_content="space-between"),
+                ),
+                self.checks, self.runs.widget, self.comparison.widget, self.inspector.widget, self.rerun_output,
+                self.ui, self.workspace,
                 self.message, self.log,
             ]
         )
@@ -105,6 +116,34 @@ class SessionPanel:
         self._ui_pending = self._ui_executor.submit(guarded(self.report, start))
         self._ui_pending.add_done_callback(lambda _future: setattr(self.ui_button, "disabled", False))
         return self._ui_pending
+
+    def check(self) -> Future:
+        """The `%aml_link --doctor` lines under the header; the network checks take seconds, so off
+        the kernel thread (they are bounded by doctor.DEADLINE)."""
+
+        def run():
+            from ..doctor import doctor_report
+
+            report = doctor_report(self.session)
+            self.checks.outputs = ()
+            self.checks.append_stdout(report + "\n")
+            return report
+
+        self.check_button.disabled = True
+        pending = self._ui_executor.submit(guarded(self.report, run))
+        pending.add_done_callback(lambda _future: setattr(self.check_button, "disabled", False))
+        return pending
+
+    def rerun(self, run_id: str):
+        """The inspector's Re-run button: `%aml_rerun RUN` on the kernel thread (a button click is
+        handled there), its output shown under the inspector."""
+        from IPython import get_ipython
+
+        from ..rerun import rerun
+
+        self.rerun_output.outputs = ()
+        with self.rerun_output:
+            return rerun(self.session, get_ipython(), run_id)
 
     def _link(self, args):
         from ..link import link_from_args

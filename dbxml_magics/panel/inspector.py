@@ -18,7 +18,7 @@ from .text import (
     scoring_rows,
     shortened,
 )
-from .widgets import close_tree, status_html, table_html
+from .widgets import close_tree, guarded, status_html, table_html
 
 # A plot has a few hundred pixels across: more points only cost drawing time.
 MAX_PLOTTED_POINTS = 600
@@ -60,7 +60,7 @@ class Inspector:
 
     TABS = ("Metrics", "Params", "Tags", "Artifacts", "Models & scoring")
 
-    def __init__(self, session: Session, report):
+    def __init__(self, session: Session, report, on_rerun=None):
         import ipywidgets as widgets
 
         self.session = session
@@ -83,7 +83,15 @@ class Inspector:
         )
         self.tabs.layout.display = "none"
         self._plotted: list[str] = []  # metric of each plot shown, in order
-        self.widget = widgets.VBox([self.title, self.link, self.tabs])
+        self.rerun_button = widgets.Button(
+            description="Re-run", icon="repeat", disabled=True,
+            tooltip="Run this run's recorded cell again as a new run, its params restored: %aml_rerun RUN",
+        )
+        if on_rerun is None:
+            self.rerun_button.layout.display = "none"
+        else:
+            self.rerun_button.on_click(guarded(report, lambda _button: on_rerun(self.run_id)))
+        self.widget = widgets.VBox([widgets.HBox([self.title, self.rerun_button]), self.link, self.tabs])
 
     def show(self, run_id: str) -> Future:
         """Start reading `run_id`; the widgets fill in when the read is done."""
@@ -91,6 +99,7 @@ class Inspector:
         name = record.name if record else run_id
         with self._lock:
             self.run_id = run_id
+            self.rerun_button.disabled = False
             self.title.value = f"<b>{html.escape(name)}</b> <i>loading...</i>"
             self.pending = self._executor.submit(self._load, run_id)
         return self.pending
@@ -99,6 +108,7 @@ class Inspector:
         """Show a run already read (by `%aml_panel RUN`), without a second read."""
         with self._lock:
             self.run_id = details.run_id
+            self.rerun_button.disabled = False
             self.pending = None
             self._render(details)
 
