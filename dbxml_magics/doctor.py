@@ -252,6 +252,9 @@ def _journal(session) -> Check:
     errors = [r["last_error"] for r in rows if r["last_error"]]
     synced = max((r["last_sync"] or 0 for r in rows), default=0)
     detail = f"{pending} pending, {failed} failed, last sync {format_age(synced or None)}"
+    oldest = session.journal.oldest_waiting() if pending or failed else None
+    if oldest is not None:
+        detail += f", oldest row written {format_age(oldest)}"
     if failed:
         return Check("FAIL", "journal", detail + (f", last error: {errors[0]}" if errors else ""),
                      "%aml_sync shows them; --retry sends them again, --discard drops them")

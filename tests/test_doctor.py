@@ -93,6 +93,7 @@ def test_failed_journal_rows_fail(linked, shell, mlflow_server, capsys):
     capsys.readouterr()
     [line] = _doctor(shell, capsys)["journal"]
     assert line.startswith("FAIL  journal     0 pending, 1 failed") and "--retry" in line
+    assert "oldest row written" in line and "ago" in line
 
 
 def test_aml_link_checks_credential_store_experiment_and_azure_env(ext, shell, aml_workspace, monkeypatch, capsys):

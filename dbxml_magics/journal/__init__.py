@@ -299,6 +299,10 @@ class Journal:
     def pending(self, run_id: str | None = None, key: str | None = None) -> int:
         return self.outbox.pending(run_id, key)
 
+    def oldest_waiting(self) -> float | None:
+        """The time the oldest row not yet accepted by its store was written (None: none waits)."""
+        return self.outbox.oldest_waiting()
+
     def failures(self, limit: int = 20) -> list[tuple[str, str, str]]:
         return self.outbox.failures(limit)
 

@@ -281,6 +281,10 @@ class Outbox:
             args.append(target)
         return self.db().execute(query, args).fetchone()[0]
 
+    def oldest_waiting(self) -> float | None:
+        """When the oldest row still waiting (pending or failed) was written, or None."""
+        return self.db().execute("SELECT MIN(created) FROM entries WHERE state IN ('pending', 'failed')").fetchone()[0]
+
     def shippable(self, run_key: str | None, targets: list[str], mine_only: bool = True) -> int:
         """Pending rows of `targets`; with `mine_only`, those this journal may ship now (not
         held by a live claim elsewhere)."""
