@@ -234,3 +234,83 @@ def test_a_killed_kernel_takes_its_server_along(tmp_path):
         if kernel.poll() is None:
             kernel.kill()
             kernel.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------- Azure ML (emulated)
+from aml_emulator import aml_emulator, aml_workspace, azure_env, link_line  # noqa: E402,F401 - fixtures
+from online_endpoints import OnlineEndpoints  # noqa: E402
+
+
+@pytest.fixture
+def online_endpoints(aml_workspace, mlflow_server, tmp_path):
+    emulated = OnlineEndpoints(aml_workspace.arm, mlflow_server.uri, tmp_path / "azure")
+    yield emulated
+    emulated.close()
+
+
+def test_aml_endpoint_through_the_plugin(ext, shell, aml_workspace, online_endpoints, tmp_path, capsys):
+    """create -> invoke -> second deployment -> traffic -> update -> delete, all through the
+    azureml-mlflow plugin's own client against the TLS ARM emulator; each deployment a real server."""
+    import re
+
+    azure = online_endpoints
+    shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
+    shell.run_cell(TRAIN)
+    shell.run_cell("clf2 = LogisticRegression(max_iter=300, C=0.05).fit(X, y)")
+    shell.run_cell_magic("track", "train --no-source", "acc = 0.97")
+    shell.run_line_magic("aml_register", "iris --model clf --alias prod")
+    shell.run_line_magic("aml_register", "iris --model clf2")
+    X = shell.user_ns["X"]
+
+    # A deployment Azure refuses (quota): the service's reason, and the new endpoint is gone.
+    azure.fail_next = ("QuotaExceeded", "Not enough quota available for Standard_DS3_v2 in this subscription.")
+    with pytest.raises(UsageError, match="failed and was removed: .*QuotaExceeded.*Not enough quota") as refused:
+        shell.run_line_magic("aml_deploy", "iris-aml iris@prod")
+    assert "\n" not in str(refused.value)
+    assert azure.endpoints == {} and azure.deployments == {} and ext.endpoints == {}
+
+    capsys.readouterr()
+    shell.run_line_magic("aml_deploy", "iris-aml iris@prod --instance-count 2")
+    out = capsys.readouterr().out
+    assert not re.search(r"^\.+", out, re.M) and "...." not in out, "the plugin's polling dots stay out of the cell"
+    assert "Endpoint iris-aml (Azure ML, workspace ws-test) serves iris v1 in deployment default" in out
+    record = ext.endpoints["iris-aml"]
+    assert record.target == "aml" and record.state == "Ready" and record.traffic == {"default": 100}
+    put = azure.deployment_bodies[-1]
+    assert put["sku"]["capacity"] == 2
+    assert put["properties"]["model"].endswith("/models/iris/versions/1"), "the alias is pinned before the plugin"
+    assert put["properties"]["requestSettings"]["requestTimeout"] == "PT90S"
+    assert put["properties"]["endpointComputeType"] == "Managed"
+    np.testing.assert_array_equal(
+        shell.run_line_magic("aml_invoke", "iris-aml --df X").to_numpy(), shell.user_ns["clf"].predict(X)
+    )
+
+    # Blue/green: a second deployment with 20% of traffic, then all of it.
+    shell.run_line_magic("aml_deploy", "iris-aml models:/iris/2 --deployment green --traffic 20")
+    assert azure.endpoints["iris-aml"]["properties"]["traffic"] == {"default": 80, "green": 20}
+    np.testing.assert_array_equal(
+        shell.run_line_magic("aml_invoke", "iris-aml --df X --deployment green").to_numpy(),
+        shell.user_ns["clf2"].predict(X),
+    )
+    shell.run_line_magic("aml_deploy", "iris-aml --deployment green --traffic 100")
+    assert azure.endpoints["iris-aml"]["properties"]["traffic"] == {"default": 0, "green": 100}
+    np.testing.assert_array_equal(
+        shell.run_line_magic("aml_invoke", "iris-aml --df X").to_numpy(), shell.user_ns["clf2"].predict(X)
+    )
+
+    # Updating a deployment in place keeps its instance count (the plugin would reset it to 1).
+    shell.run_line_magic("aml_deploy", "iris-aml models:/iris/2")
+    patch = azure.deployment_bodies[-1]
+    assert patch["sku"]["capacity"] == 2 and patch["properties"]["model"].endswith("/models/iris/versions/2")
+
+    listing = _list(shell, capsys)
+    assert "iris-aml" in listing and "aml" in listing
+
+    shell.run_line_magic("aml_deploy", "--delete iris-aml --deployment default")
+    assert set(d for _, d in azure.deployments) == {"green"}
+    shell.run_line_magic("aml_deploy", "--delete iris-aml")
+    assert azure.endpoints == {} and azure.servers == {}
+    assert "iris-aml" not in ext.endpoints
+    with pytest.raises(UsageError, match="No endpoint named 'iris-aml' in workspace 'ws-test'"):
+        shell.run_line_magic("aml_invoke", "iris-aml --df X")
+    assert wait_gone(tmp_path) == []

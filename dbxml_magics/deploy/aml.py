@@ -405,14 +405,19 @@ def delete_aml(session, name: str, deployment: str | None) -> None:
     if _existing_endpoint(client, name, deadline) is None:
         session.drop_endpoint(name)
         raise DeployError(f"No endpoint named {name!r} in workspace {target.workspace!r} (see %aml_deploy --list).")
-    if deployment:
-        check_name(deployment, "deployment")
-        if _existing_deployment(client, name, deployment, deadline) is None:
-            raise DeployError(f"Endpoint {name!r} has no deployment {deployment!r}.")
-        _call(f"deleting deployment {deployment}", lambda: client.delete_deployment(deployment, endpoint=name), deadline)
-        print(f"Deleted deployment {deployment} of endpoint {name}.")
-        return
-    _call("deleting the endpoint", lambda: client.delete_endpoint(name), deadline)
+    try:
+        if deployment:
+            check_name(deployment, "deployment")
+            if _existing_deployment(client, name, deployment, deadline) is None:
+                raise DeployError(f"Endpoint {name!r} has no deployment {deployment!r}.")
+            _call(f"deleting deployment {deployment}", lambda: client.delete_deployment(deployment, endpoint=name), deadline)
+            print(f"Deleted deployment {deployment} of endpoint {name}.")
+            return
+        _call("deleting the endpoint", lambda: client.delete_endpoint(name), deadline)
+    except _ServiceFailure as exc:
+        raise DeployError(f"Azure ML refused to delete {deployment or name!r}: {reason(exc.error)}") from None
+    except TimeoutError:
+        raise DeployError(f"Deleting {deployment or name!r} did not finish in time; check with %aml_deploy --list.") from None
     record = session.drop_endpoint(name)
     if record is not None and record.handle is not None:
         record.handle.close()

@@ -41,4 +41,7 @@ def error_text(response) -> str:
             message = message.get("message") or json.dumps(message)
     else:
         message = response.text or response.reason
-    return f"HTTP {response.status_code}: " + " ".join(str(message).split())[:400]
+    # MLflow's scoring server quotes the whole input before its reason ("Failed to predict
+    # data '<every row>'. Error: ... Error: <reason>"): the last reason is the one to read.
+    message = str(message).rsplit("Error: ", 1)[-1]
+    return f"HTTP {response.status_code}: " + " ".join(message.split())[:400]
