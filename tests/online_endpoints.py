@@ -1,7 +1,7 @@
 """Azure ML managed online endpoints, emulated on loopback for the deployment plugin's own code.
 
 `OnlineEndpoints(arm, mlflow_uri, folder)` adds to an `ArmEmulator` (TLS, bearer tokens) the
-routes azureml-mlflow 1.60 calls (api-version 2022-02-01-preview):
+routes azureml-mlflow 1.60 calls (api-version 2022-02-01-preview; the workspace read 2022-01-01-preview):
 endpoints (PUT, GET, PATCH traffic, DELETE, list), deployments (PUT, PATCH, GET, DELETE, list),
 `listKeys`, `token`, and the operation status that long-running deployments are polled at
 (`Azure-AsyncOperation`). Each deployment is backed by a real `mlflow models serve` started
@@ -54,8 +54,8 @@ class OnlineEndpoints:
         self._scoring.daemon_threads = True
         threading.Thread(target=self._scoring.serve_forever, name="scoring-front-door", daemon=True).start()
         versions = (API_VERSION,)
-        # The plugin reads the workspace (its location) with its own api-version.
-        arm.route("GET", _WS, WORKSPACE_API_VERSIONS + versions)(arm._get_workspace)
+        # The plugin reads the workspace (its location) with the api-version of its workspaces client.
+        arm.route("GET", _WS, WORKSPACE_API_VERSIONS + ("2022-01-01-preview",))(arm._get_workspace)
         arm.route("GET", _WS + r"/onlineEndpoints", versions)(self._list_endpoints)
         arm.route("GET", _EP, versions)(self._get_endpoint)
         arm.route("PUT", _EP, versions)(self._put_endpoint)

@@ -67,10 +67,18 @@ def _client(target):
     from .. import arm
     from ..workspace import _service_context
 
-    context = _service_context(target)
-    cloud = copy.deepcopy(context.cloud)
-    cloud.endpoints.resource_manager = arm._management_endpoint(arm.cloud(cloud.name))
-    context.cloud = cloud
+    from azureml.mlflow._internal.utils import ServiceContext
+
+    base = _service_context(target)
+    cloud = copy.deepcopy(base.cloud)
+    try:
+        cloud.endpoints.resource_manager = arm._management_endpoint(arm.cloud(cloud.name))
+    except arm.ArmUnreachable as exc:
+        raise DeployError(f"Cannot find Azure Resource Manager for cloud {cloud.name}: {exc}") from None
+    context = ServiceContext(
+        host_url=base.host_url, subscription_id=base.subscription_id, workspace_name=base.workspace_name,
+        resource_group_name=base.resource_group_name, auth=base.auth, cloud=cloud,
+    )
     uri = _deploy_uri(target)
     _AzureMLServiceContextLoader.add_service_context(uri, context)
     try:
@@ -96,8 +104,10 @@ def _call(what: str, work, deadline: float, progress=None, state=None):
     """Run one plugin call on a worker thread, its stdout muted, showing progress until it
     returns or `deadline` (monotonic) passes; the service's own reason on failure."""
     outcome: dict = {}
+    muted = threading.Event()
 
     def run():
+        muted.wait()  # not one dot before stdout is muted for this thread
         try:
             outcome["value"] = work()
         except BaseException as exc:  # noqa: BLE001 - handed back to the kernel thread
@@ -107,6 +117,7 @@ def _call(what: str, work, deadline: float, progress=None, state=None):
     saved = sys.stdout
     worker.start()
     sys.stdout = _MutedThreadStdout(saved, worker.ident)
+    muted.set()
     try:
         last_state = 0.0
         while worker.is_alive() and time.monotonic() < deadline:
@@ -285,12 +296,10 @@ def _existing_endpoint(client, name: str, deadline: float):
 
 
 def _existing_deployment(client, endpoint: str, deployment: str, deadline: float):
-    try:
-        return _call("reading the deployment", lambda: client.get_deployment(deployment, endpoint=endpoint), deadline)
-    except _ServiceFailure as exc:
-        if _is_missing(exc.error):
-            return None
-        raise
+    # A listing, not get_deployment: for a v2 deployment that does not exist yet, the
+    # plugin's get_deployment goes looking for a v1 (ACI/AKS) service of that name.
+    deployments = _call("reading the deployments", lambda: client.list_deployments(endpoint=endpoint), deadline)
+    return next((d for d in deployments if d.get("name") == deployment), None)
 
 
 def _create_endpoint(client, name: str, folder: Path, deadline: float, progress):
