@@ -6,34 +6,18 @@ ordered cheapest first, so a mistake costs nothing: parse and check names, resol
 model to one version, then create. A failure stops what was started and is one line.
 """
 
-import re
 import shutil
 import time
+from pathlib import Path
 
 from ..errors import DeployError
 from ..session import EndpointRecord
+from .rules import check_name, default_target
 
-__all__ = ["deploy_from_args", "invoke_from_args", "endpoints_text", "check_name", "default_target"]
+__all__ = ["deploy_from_args", "invoke_from_args", "endpoints_text"]
 
-# Azure's rule for online endpoint and deployment names; local endpoints follow it too, so
-# a notebook can switch targets without renaming.
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 _LOCAL_TIMEOUT = 300.0  # start-up is 8-17 s on a quiet 2-core machine, a minute when it is busy
 _AML_ONLY = ("deployment", "instance_type", "instance_count", "traffic")
-
-
-def check_name(name: str, what: str = "endpoint") -> str:
-    if not _NAME.match(name or ""):
-        raise DeployError(
-            f"{what.capitalize()} name {name!r} is not valid: 3-32 characters, a letter first, then letters, "
-            "digits or '-', not ending with '-' (Azure's rule). Example: iris-clf"
-        )
-    return name
-
-
-def default_target(session) -> str:
-    """`aml` when the link reaches an AML workspace (aml-only, or the mirror of both), else `local`."""
-    return "aml" if any(t.kind == "aml" for t in session.link.targets) else "local"
 
 
 def deploy_from_args(session, args) -> None:
@@ -116,8 +100,6 @@ def _download(model, folder):
         path = download_artifacts(artifact_uri=model.uri, dst_path=str(folder))
     except Exception as exc:  # noqa: BLE001 - any store failure is one line
         raise DeployError(f"Cannot copy the files of {model.label}: {first_line(exc)}") from None
-    from pathlib import Path
-
     hits = sorted(Path(path).rglob("MLmodel"), key=lambda p: len(p.parts))
     if not hits:
         raise DeployError(f"{model.label} has no MLmodel file at {model.uri}: it is not an MLflow model.")

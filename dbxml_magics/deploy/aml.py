@@ -8,7 +8,8 @@ azureml-mlflow 1.60 does on its own, and what is done about it here:
 - `models:/name@alias` is mis-parsed: the model is pinned to `models:/name/<version>` first;
 - numeric `request_timeout_ms` fails serialization: ISO durations (`PT90S`) are sent;
 - `update_deployment` without `instance_count` resets capacity to 1: the current count is sent;
-- its long-running-operation polling prints dots to stdout: muted for the plugin's thread only;
+- its long-running-operation polling prints dots to stdout from its poller thread: those bare
+  dots are dropped (`_NoPollingDots`), everything else printed passes;
 - its LRO timeouts return silently: the state is read back and a non-final state is said;
 - its v2 calls go to the cloud's `resource_manager` endpoint (https only), not the workspace
   host: the service context given to it carries the cloud's real management endpoint;
@@ -29,7 +30,7 @@ from pathlib import Path
 from ..errors import DeployError
 from ..masking import first_line, remember_secret
 from ..session import EndpointRecord
-from . import check_name
+from .rules import check_name
 
 __all__ = ["deploy_aml", "delete_aml", "attach_aml", "workspace_rows"]
 
@@ -87,52 +88,55 @@ def _client(target):
         raise DeployError(f"Cannot load the azureml-mlflow deployment plugin: {first_line(exc)}") from None
 
 
-class _MutedThreadStdout(io.TextIOBase):
-    """sys.stdout that drops what one thread writes (the plugin's polling dots) and passes the rest."""
+class _NoPollingDots(io.TextIOBase):
+    """sys.stdout minus the plugin's polling dots: bare "." writes from threads other than the
+    kernel's. The dots come from the poller's own thread, which outlives a silent timeout, so
+    the filter stays once installed; everything else passes unchanged."""
 
-    def __init__(self, inner, thread_id: int):
-        self.inner, self.thread_id = inner, thread_id
+    def __init__(self, inner, kernel_thread: int):
+        self.inner, self.kernel_thread = inner, kernel_thread
 
     def write(self, text):
-        return len(text) if threading.get_ident() == self.thread_id else self.inner.write(text)
+        if text and not text.strip(".") and threading.get_ident() != self.kernel_thread:
+            return len(text)
+        return self.inner.write(text)
 
     def flush(self):
         return self.inner.flush()
 
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _mute_polling_dots() -> None:
+    if not isinstance(sys.stdout, _NoPollingDots):
+        sys.stdout = _NoPollingDots(sys.stdout, threading.get_ident())
+
 
 def _call(what: str, work, deadline: float, progress=None, state=None):
-    """Run one plugin call on a worker thread, its stdout muted, showing progress until it
-    returns or `deadline` (monotonic) passes; the service's own reason on failure."""
+    """Run one plugin call on a worker thread, showing progress until it returns or
+    `deadline` (monotonic) passes; the service's own reason on failure."""
     outcome: dict = {}
-    muted = threading.Event()
 
     def run():
-        muted.wait()  # not one dot before stdout is muted for this thread
         try:
             outcome["value"] = work()
         except BaseException as exc:  # noqa: BLE001 - handed back to the kernel thread
             outcome["error"] = exc
 
+    _mute_polling_dots()
     worker = threading.Thread(target=run, name="dbxml-aml-deploy", daemon=True)
-    saved = sys.stdout
     worker.start()
-    sys.stdout = _MutedThreadStdout(saved, worker.ident)
-    muted.set()
-    try:
-        last_state = 0.0
-        while worker.is_alive() and time.monotonic() < deadline:
-            worker.join(0.5)
-            if progress is not None:
-                now = time.monotonic()
-                if state is not None and now - last_state > 5:
-                    last_state = now
-                    progress.update(f"{what}: {_safely(state) or 'in progress'}")
-                else:
-                    progress.update(what)
-    finally:
-        # A poller still running after we gave up keeps printing dots: its muting stays.
-        if not worker.is_alive():
-            sys.stdout = saved
+    last_state = 0.0
+    while worker.is_alive() and time.monotonic() < deadline:
+        worker.join(0.5)
+        if progress is not None:
+            now = time.monotonic()
+            if state is not None and now - last_state > 5:
+                last_state = now
+                progress.update(f"{what}: {_safely(state) or 'in progress'}")
+            else:
+                progress.update(what)
     if worker.is_alive():
         raise TimeoutError(what)
     if "error" in outcome:
