@@ -102,7 +102,7 @@ def _serve_by_magic(shell, name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=20, help="Timed pairs (hand, magic) per payload size.")
-    parser.add_argument("--starts", type=int, default=2, help="Start-ups timed per side.")
+    parser.add_argument("--starts", type=int, default=2, help="Start-ups timed per side (0: invocations only).")
     args = parser.parse_args()
 
     os.chdir(tempfile.mkdtemp(prefix="bench-deploy-"))
@@ -130,12 +130,13 @@ def main() -> None:
                 starts[side].append(_serve_by_magic(shell, f"start-{round_}"))
                 with contextlib.redirect_stdout(io.StringIO()):
                     shell.run_line_magic("aml_deploy", f"--delete start-{round_}")
-    hand_start, magic_start = statistics.median(starts["hand"]), statistics.median(starts["magic"])
-    print(
-        f"start-up to first /ping: mlflow models serve by hand {hand_start:.1f} s, %aml_deploy {magic_start:.1f} s "
-        f"(ratio {magic_start / hand_start:.2f}; runs: hand {', '.join(f'{s:.1f}' for s in starts['hand'])}, "
-        f"magic {', '.join(f'{s:.1f}' for s in starts['magic'])})"
-    )
+    if args.starts:
+        hand_start, magic_start = statistics.median(starts["hand"]), statistics.median(starts["magic"])
+        print(
+            f"start-up to first /ping: mlflow models serve by hand {hand_start:.1f} s, %aml_deploy {magic_start:.1f} s "
+            f"(ratio {magic_start / hand_start:.2f}; runs: hand {', '.join(f'{s:.1f}' for s in starts['hand'])}, "
+            f"magic {', '.join(f'{s:.1f}' for s in starts['magic'])})"
+        )
 
     _serve_by_magic(shell, "bench-ep")
     url = session.endpoints["bench-ep"].url

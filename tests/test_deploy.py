@@ -279,7 +279,7 @@ def test_aml_endpoint_through_the_plugin(ext, shell, aml_workspace, online_endpo
     put = azure.deployment_bodies[-1]
     assert put["sku"]["capacity"] == 2
     assert put["properties"]["model"].endswith("/models/iris/versions/1"), "the alias is pinned before the plugin"
-    assert put["properties"]["requestSettings"]["requestTimeout"] == "PT90S"
+    assert put["properties"]["requestSettings"]["requestTimeout"] == "PT1M30S"  # sent as PT90S, an ISO duration
     assert put["properties"]["endpointComputeType"] == "Managed"
     np.testing.assert_array_equal(
         shell.run_line_magic("aml_invoke", "iris-aml --df X").to_numpy(), shell.user_ns["clf"].predict(X)
