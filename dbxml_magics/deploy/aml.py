@@ -271,7 +271,7 @@ def _aml_model(session, target, text: str) -> _Model:
 def _mirror_model(target, ref) -> _Model:
     from mlflow import MlflowClient
 
-    from ..registry import SOURCE_VERSION_TAG
+    from ..registry.mirror import SOURCE_VERSION_TAG
 
     marker = f"{ref.source_run_id}/{ref.version}"
     client = MlflowClient(tracking_uri=target.uri, registry_uri=target.registry_uri or target.uri)
