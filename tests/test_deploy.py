@@ -154,6 +154,9 @@ def test_local_endpoints_serve_invoke_delete_and_stop_on_unload(trained, shell, 
     )
     listing = _list(shell, capsys)
     assert "iris-v1" in listing and "champ" in listing and "iris v2" in listing and "Ready" in listing
+    from dbxml_magics.panel import panel_text
+
+    assert f"endpoint champ (local): iris v2, Ready, {champ.url}" in panel_text(trained)
 
     v1_pid = v1.handle.pid
     capsys.readouterr()
