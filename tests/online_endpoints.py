@@ -306,5 +306,7 @@ def _scoring_handler(endpoints: OnlineEndpoints):
                     self._reply(200, json.loads(answer.read())["predictions"])
             except urllib.error.HTTPError as exc:
                 self._reply(exc.code, json.loads(exc.read() or b"{}"))
+            except OSError as exc:  # the container is gone: Azure answers 502
+                self._reply(502, {"message": f"The deployment did not answer: {exc}"})
 
     return Handler

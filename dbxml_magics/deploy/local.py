@@ -39,6 +39,14 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def _parent_is_lasting() -> bool:
+    """The parent-death signal fires when the *thread* that started the child ends: only the
+    main (kernel) thread lives as long as the kernel."""
+    import threading
+
+    return sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the kernel dies (Linux; elsewhere atexit covers it)."""
     try:
@@ -82,7 +90,7 @@ class LocalServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                start_new_session=True, preexec_fn=_die_with_parent if _parent_is_lasting() else None,
             )
 
     def wait_ready(self, timeout: float, on_tick=None) -> float:
