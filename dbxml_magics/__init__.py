@@ -1,7 +1,7 @@
 """dbxml-magics: link a notebook session to Azure Machine Learning through MLflow.
 
 `%load_ext dbxml_magics` registers %%track, %aml_link, %aml_unlink, %aml_register,
-%aml_score, %aml_sync, %aml_panel and %aml_ui on one Session per shell. Loading imports nothing
+%aml_score, %aml_deploy, %aml_invoke, %aml_sync, %aml_panel and %aml_ui on one Session per shell. Loading imports nothing
 heavy: mlflow, pyspark, azureml and ipywidgets are imported where first needed.
 """
 

@@ -1,6 +1,6 @@
 """The project's exception types. Each message is one line a user can act on."""
 
-__all__ = ["DbxmlError", "LinkError", "TrackError", "RegisterError", "ScoreError", "JournalError"]
+__all__ = ["DbxmlError", "LinkError", "TrackError", "RegisterError", "ScoreError", "DeployError", "JournalError"]
 
 
 class DbxmlError(Exception):
@@ -21,6 +21,10 @@ class RegisterError(DbxmlError):
 
 class ScoreError(DbxmlError):
     """A scoring request is invalid; no Spark job ran."""
+
+
+class DeployError(DbxmlError):
+    """An endpoint request is invalid or failed; nothing of it is left running."""
 
 
 class JournalError(DbxmlError):

@@ -246,6 +246,43 @@ class DbxmlMagics(Settings, Magics):
         args = _parse(self.aml_score, line)
         return score_from_args(self.session, self.shell.user_ns, args)
 
+    # ------------------------------------------------------------------ %aml_deploy / %aml_invoke
+    @magic_arguments()
+    @argument("endpoint", nargs="?", default=None, help="Endpoint name (3-32 characters: letters, digits, '-').")
+    @argument("model", nargs="?", default=None, help="last, name@alias, models:/name/version, a registered name, runs:/...")
+    @argument("--target", choices=["local", "aml"], default=None, help="Default: aml when linked to an AML workspace, else local.")
+    @argument("--deployment", default=None, metavar="NAME", help="aml: deployment in the endpoint (default: default).")
+    @argument("--instance-type", default=None, metavar="T", help="aml: VM size, e.g. Standard_DS3_v2.")
+    @argument("--instance-count", type=int, default=None, metavar="N", help="aml: instances (default 1; kept on update).")
+    @argument("--traffic", type=int, default=None, metavar="PCT", help="aml: share of the endpoint's traffic for the deployment.")
+    @argument("--port", type=int, default=None, help="local: port on 127.0.0.1 (default: a free one).")
+    @argument("--timeout", type=_seconds, default=None, metavar="S", help="Seconds to wait until ready (local 300, aml 1800).")
+    @argument("--list", action="store_true", help="List the endpoints of this session (and of the AML workspace).")
+    @argument("--delete", default=None, metavar="ENDPOINT", help="Delete ENDPOINT (or only --deployment NAME of it).")
+    @line_magic
+    @_user_errors
+    def aml_deploy(self, line):
+        """Serve a registered model version as a real-time endpoint: local MLflow server or AML managed online endpoint."""
+        from .deploy import deploy_from_args
+
+        args = _parse(self.aml_deploy, line)
+        return deploy_from_args(self.session, args)
+
+    @magic_arguments()
+    @argument("endpoint", help="Endpoint name (see %aml_deploy --list).")
+    @argument("--df", required=True, metavar="VAR", help="pandas DataFrame to score.")
+    @argument("--into", default=None, metavar="VAR", help="Variable receiving the predictions (else they are returned).")
+    @argument("--deployment", default=None, metavar="NAME", help="aml: send to this deployment, bypassing traffic rules.")
+    @argument("--timeout", type=_seconds, default=60.0, metavar="S", help="Seconds to wait for the answer.")
+    @line_magic
+    @_user_errors
+    def aml_invoke(self, line):
+        """Score a pandas DataFrame with an endpoint; predictions come back as a Series or DataFrame."""
+        from .deploy import invoke_from_args
+
+        args = _parse(self.aml_invoke, line)
+        return invoke_from_args(self.session, self.shell.user_ns, args)
+
     # ------------------------------------------------------------------ %aml_sync / %aml_panel
     @magic_arguments()
     @argument("--flush", action="store_true", help="Ship pending writes now and wait for them.")

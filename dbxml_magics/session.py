@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .errors import DbxmlError
 from .targets import Link, Target
 
-__all__ = ["Session", "RunRecord", "ModelRecord", "ScoreRecord", "get_session"]
+__all__ = ["Session", "RunRecord", "ModelRecord", "ScoreRecord", "EndpointRecord", "get_session"]
 
 # MLflow run ids are 32 hex digits; other stores (AML) use longer word-like ids. Anything
 # shorter that is not a run name of this session is a typo, not an id worth a round trip.
@@ -88,6 +88,27 @@ class ScoreRecord:
     finished_at: float = field(default_factory=time.time)
 
 
+@dataclass
+class EndpointRecord:
+    """A real-time endpoint deployed in this session (%aml_deploy), and the version it serves.
+
+    `handle` serves requests for it (`invoke(df, timeout)`, `close()`); the session closes
+    handles when it closes: a local server stops with the kernel or %unload_ext, an Azure
+    endpoint stays.
+    """
+
+    name: str
+    target: str  # "local" or "aml"
+    model: str  # "name vN" or the model URI
+    model_uri: str
+    url: str
+    state: str = "Creating"
+    deployment: str | None = None
+    traffic: dict[str, int] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    handle: Any = field(default=None, repr=False, compare=False)
+
+
 class Session:
     """State of one shell: current link, journal, and what this session produced."""
 
@@ -97,6 +118,7 @@ class Session:
         self.runs: list[RunRecord] = []
         self.models: list[ModelRecord] = []
         self.scorings: list[ScoreRecord] = []
+        self.endpoints: dict[str, EndpointRecord] = {}
         self._listeners: list[Callable[[str, Any], None]] = []
         self._lock = threading.RLock()
         self._link: Link | None = None
@@ -297,6 +319,20 @@ class Session:
         self.emit("scored", record)
         return record
 
+    def set_endpoint(self, record: EndpointRecord) -> EndpointRecord:
+        with self._lock:
+            self.endpoints[record.name] = record
+        self.emit("endpoint", record)
+        return record
+
+    def drop_endpoint(self, name: str) -> EndpointRecord | None:
+        with self._lock:
+            record = self.endpoints.pop(name, None)
+        if record is not None:
+            record.state = "Deleted"
+            self.emit("endpoint", record)
+        return record
+
     # ----------------------------------------------------------------- observers
     def subscribe(self, listener: Callable[[str, Any], None]) -> None:
         if listener not in self._listeners:
@@ -321,7 +357,14 @@ class Session:
     # ----------------------------------------------------------------- lifecycle
     def close(self, timeout: float | None = None) -> None:
         """Flush what can be flushed (up to `timeout` s), stop threads, forget listeners
-        (for %unload_ext and kernel exit)."""
+        (for %unload_ext and kernel exit). Local endpoints stop; Azure endpoints stay."""
+        for record in list(self.endpoints.values()):
+            try:
+                if record.handle is not None:
+                    record.handle.close()
+            except Exception:  # noqa: BLE001 - closing must go on to the journal
+                pass
+        self.endpoints.clear()
         if self._journal is not None:
             self._journal.close(timeout=timeout)
             self._journal = None

@@ -231,6 +231,9 @@ def _handler_for(emulator: AmlEmulator):
                 self._error(404, "RESOURCE_DOES_NOT_EXIST", f"No workspace at {parts.path}")
                 return 404
             url = emulator.mlflow_uri + inner + (f"?{parts.query}" if parts.query else "")
+            # The reverse of the answer's rewrite below: a model version's source names the
+            # server's own artifact store again (MLflow refuses plain http sources).
+            body = body.replace(f'"{emulator.mlflow_uri}/api/2.0/mlflow-artifacts/artifacts/'.encode(), b'"mlflow-artifacts:/')
             request = urllib.request.Request(url, data=body if self.command != "GET" else None, method=self.command)
             request.add_header("Content-Type", self.headers.get("Content-Type") or "application/json")
             try:

@@ -20,7 +20,8 @@ Like ARM, every request needs `Authorization: Bearer <token>` that the token che
 
 More routes: `emulator.route(method, pattern, api_versions)(handler)`, where `pattern` is a
 regular expression over the path (named groups reach the handler as keyword arguments) and
-`handler(request, **groups)` returns `(status, json_body)` or raises `ArmFault`. Faults to
+`handler(request, **groups)` returns `(status, json_body)` or `(status, json_body, headers)`
+(long-running operations: `Azure-AsyncOperation`, `Retry-After`) or raises `ArmFault`. Faults to
 inject: `throttled` (answer that many requests 429 with `Retry-After`), `denied` (ARM ids
 whose reads answer 403 `AuthorizationFailed`). Every request is recorded in `requests`.
 """
@@ -335,8 +336,8 @@ class ArmEmulator:
             raise ArmFault(429, "TooManyRequests", "The request is being throttled.",
                            {"Retry-After": str(self.retry_after)})
         groups = {k: v for k, v in match.groupdict().items() if v is not None}
-        status, body = route.handler(request, **groups)
-        return status, body, {}
+        status, body, *headers = route.handler(request, **groups)
+        return status, body, headers[0] if headers else {}
 
 
 class QuietHandler(BaseHTTPRequestHandler):

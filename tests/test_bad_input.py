@@ -172,6 +172,27 @@ def _corpus(tmp_path, server_uri: str):
         ("aml_score", "m --table t --columns", None),
         ("aml_score", "m --df " + huge, None),
         ("aml_score", "modèle --df données", None),
+        # ---- %aml_deploy / %aml_invoke
+        ("aml_deploy", "", None),
+        ("aml_deploy", "ep", None),
+        ("aml_deploy", "1ep m", None),
+        ("aml_deploy", "e_p m", None),
+        ("aml_deploy", "ep m --target azure", None),
+        ("aml_deploy", "ep m --instance-count two", None),
+        ("aml_deploy", "ep m --traffic 20", None),  # aml options on the local target
+        ("aml_deploy", "ep no_such_model", None),
+        ("aml_deploy", "ep m --port 0", None),
+        ("aml_deploy", "ep m --timeout -1", None),
+        ("aml_deploy", "--delete", None),
+        ("aml_deploy", "--delete nosuch", None),
+        ("aml_deploy", "--list extra", None),
+        ("aml_deploy", huge + " m", None),
+        ("aml_invoke", "", None),
+        ("aml_invoke", "ep", None),
+        ("aml_invoke", "ep --df plain_number", None),
+        ("aml_invoke", "ep --df no_such_frame", None),
+        ("aml_invoke", "nosuch --df plain_number --timeout x", None),
+        ("aml_invoke", "ép --df données", None),
         # ---- %aml_sync
         ("aml_sync", "--bogus", None),
         ("aml_sync", "--timeout abc", None),
@@ -196,7 +217,10 @@ def _corpus(tmp_path, server_uri: str):
     ]
 
 
-MAGICS = ("track", "aml_link", "aml_unlink", "aml_register", "aml_score", "aml_sync", "aml_panel", "aml_ui")
+MAGICS = (
+    "track", "aml_link", "aml_unlink", "aml_register", "aml_score", "aml_deploy", "aml_invoke", "aml_sync", "aml_panel",
+    "aml_ui",
+)
 
 
 def test_corpus_of_malformed_lines_ends_in_one_line_each_and_changes_nothing(
@@ -266,6 +290,8 @@ _BENIGN = {
         _WORD.map(lambda w: f"--where {w}"),
         st.sampled_from(["--log-run", "--format csv", "--limit 3", "--output-col p"]),
     ],
+    "aml_deploy": [st.sampled_from(["--target local", "--timeout 5", "--port 8080"])],
+    "aml_invoke": [st.sampled_from(["--df plain_number", "--into out", "--timeout 5"])],
     "aml_sync": [st.sampled_from(["--flush", "--timeout 0"])],
     "aml_panel": [],
     "aml_ui": [],
@@ -275,15 +301,22 @@ _NEEDS_VALUE = {
     "aml_link": ["--uri", "--mode", "--auth", "--experiment", "-s", "-g", "-w"],
     "aml_register": ["--model", "--run", "--uri", "--alias", "--flavor", "--tags"],
     "aml_score": ["--table", "--df", "--path", "--into", "--limit", "--columns"],
+    "aml_deploy": ["--target", "--deployment", "--instance-count", "--traffic", "--port", "--timeout", "--delete"],
+    "aml_invoke": ["--df", "--into", "--deployment", "--timeout"],
     "aml_sync": ["--timeout"],
 }
 _BAD_TYPED_VALUE = {
     "aml_link": [_WORD.filter(lambda w: w not in ("aml-only", "both")).map(lambda w: f"--mode {w}")],
     "aml_register": [_WORD.filter(lambda w: w not in ("sklearn", "spark", "pyfunc")).map(lambda w: f"--flavor {w}")],
     "aml_score": [_not_a_number(int).map(lambda w: f"--limit {w}")],
+    "aml_deploy": [_not_a_number(int).map(lambda w: f"--port {w}")],
+    "aml_invoke": [_not_a_number(float).map(lambda w: f"--timeout {w}")],
     "aml_sync": [_not_a_number(float).map(lambda w: f"--timeout {w}")],
 }
-_POSITIONAL = {"track": st.one_of(st.just(""), _WORD), "aml_register": _WORD, "aml_score": _WORD}
+_POSITIONAL = {
+    "track": st.one_of(st.just(""), _WORD), "aml_register": _WORD, "aml_score": _WORD, "aml_deploy": _WORD,
+    "aml_invoke": _WORD,
+}
 
 
 @st.composite

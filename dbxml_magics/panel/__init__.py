@@ -20,7 +20,7 @@ from .inspector import Inspector
 from .live import LiveUpdates
 from .picker import WorkspacePicker
 from .runs_table import RunsTable
-from .text import PAGE_SIZE, journal_lines, journal_statuses, panel_text, run_text
+from .text import PAGE_SIZE, endpoint_lines, journal_lines, journal_statuses, panel_text, run_text
 from .widgets import close_tree, guarded
 
 __all__ = ["SessionPanel", "PanelView", "live_panel", "show_panel", "close_panel", "panel_text", "run_text", "WorkspacePicker", "PAGE_SIZE"]
@@ -178,6 +178,8 @@ class SessionPanel:
             self.statuses = list(payload or [])
             self.refresh_header()
             self.runs.tick()
+        elif event == "endpoint":
+            self.refresh_header()
 
     def refresh_header(self) -> None:
         session = self.session
@@ -192,6 +194,7 @@ class SessionPanel:
                 f"{role}: <code>{html.escape(uri)}</code> &nbsp;"
                 f'<span style="color:{colour}">{html.escape(state)}</span>'
             )
+        lines += [html.escape(line) for line in endpoint_lines(session)]
         self.header.value = "<br>".join(lines)
 
     def text(self) -> str:

@@ -91,6 +91,14 @@ def journal_statuses(session: Session) -> list[dict]:
     return session.journal.status() if session.journal_started else []
 
 
+def endpoint_lines(session: Session) -> list[str]:
+    """One line per endpoint of this session (%aml_deploy): the model version it serves, its state, its URL."""
+    return [
+        f"endpoint {e.name} ({e.target}): {e.model}{f' in {e.deployment}' if e.deployment else ''}, {e.state}, {e.url}"
+        for e in list(session.endpoints.values())
+    ]
+
+
 def panel_text(session: Session, statuses: list[dict] | None = None, limit: int = PAGE_SIZE) -> str:
     """The panel as plain text: what a terminal (or a frontend without widgets) shows."""
     link = session.link
@@ -98,6 +106,7 @@ def panel_text(session: Session, statuses: list[dict] | None = None, limit: int 
     lines = [f"dbxml panel: mode {link.mode}, experiment {session.experiment or 'Default'}"]
     for role, uri, state in journal_lines(link, statuses):
         lines.append(f"  {role:<8}{uri}: {state}")
+    lines += [f"  {line}" for line in endpoint_lines(session)]
     runs = session.runs[-limit:][::-1] if limit else []
     if not session.runs:
         lines.append("No runs yet in this session: run a cell with %%track <name>.")
