@@ -120,7 +120,8 @@ def test_every_magic_works_with_databricks_defaults_against_a_real_store(
     shell.run_line_magic("aml_register", f"{model_name} --model clf --input-example frame")
     assert client.get_model_version(model_name, "1").run_id == run.info.run_id
 
-    shell.run_line_magic("aml_score", f"{model_name} --df frame --into scored --limit 0")
+    # A pandas frame is scored in the kernel by default; --engine spark sends it to Spark.
+    shell.run_line_magic("aml_score", f"{model_name} --df frame --engine spark --into scored --limit 0")
     scored = shell.user_ns["scored"]
     assert scored.sparkSession is spark  # the notebook's `spark`, as on Databricks
     expected = [int(p) for p in shell.user_ns["clf"].predict(shell.user_ns["frame"])]
