@@ -11,6 +11,7 @@ DBXML_UPDATE_SCREENSHOT=1 the panel's one replaces docs/panel.png (the README's)
 """
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -211,8 +212,9 @@ def test_aml_ui_iframe_loads_mlflow_ui_serving_the_session_runs(notebook_page):
     base = src.split("/#/")[0]
     assert base.startswith("http://127.0.0.1:") and "/#/experiments/" in src
     # The IFrame loaded MLflow's own UI page from that server (not blocked as another origin)...
-    frame = next(f for f in page.frames if f.url.startswith(base))
+    # (wait for the frame's own page first: the element is attached before it has navigated)
     expect(page.frame_locator("iframe.dbxml-mlflow-ui").locator("script[src*='static-files']").first).to_be_attached()
+    frame = next(f for f in page.frames if f.url.startswith(base))
     assert "mlflow" in frame.content().lower()
     # ...and that server holds the session's runs (read with the browser's own request context).
     runs = page.request.post(
@@ -237,7 +239,8 @@ def test_panel_rows_header_and_inspector(notebook_page):
     page.locator("button.widget-button", has_text="tuned").first.click()
     inspector = page.locator(".widget-tab").first
     expect(inspector).to_be_visible()
-    expect(inspector.locator("td", has_text="val_loss")).to_be_visible()
-    expect(inspector.locator("td", has_text="accuracy")).to_be_visible()
+    # Exact cells: the tags tab also holds the run's %%track options (dbxml.track), which name them.
+    expect(inspector.locator("td", has_text=re.compile(r"^val_loss$"))).to_be_visible()
+    expect(inspector.locator("td", has_text=re.compile(r"^accuracy$"))).to_be_visible()
     expect(inspector.locator("img").first).to_be_visible()  # the val_loss history plot
     page.screenshot(path=str(folder / "inspector.png"))
