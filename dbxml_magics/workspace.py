@@ -707,11 +707,14 @@ def azure_credentials_available() -> bool:
 
     env = os.environ
     cli_profile = Path(env.get("AZURE_CONFIG_DIR") or Path.home() / ".azure")
+    # `az login` leaves a token cache behind; an `az` on PATH with a profile may hold one elsewhere.
+    cli_signed_in = any((cli_profile / name).is_file() for name in ("msal_token_cache.json", "msal_token_cache.bin"))
     return bool(
         (env.get("AZURE_CLIENT_ID") and (env.get("AZURE_CLIENT_SECRET") or env.get("AZURE_CLIENT_CERTIFICATE_PATH")))
         or env.get("AZURE_FEDERATED_TOKEN_FILE")
         or env.get("IDENTITY_ENDPOINT")
         or env.get("MSI_ENDPOINT")
+        or cli_signed_in
         or (shutil.which("az") and cli_profile.is_dir())
     )
 
