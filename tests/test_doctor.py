@@ -4,6 +4,7 @@ Stores are real (the embedded SQLite store, a real `mlflow server`, the AML emul
 of it); Azure Resource Manager is the TLS emulator; versions come from real dist-info metadata.
 """
 
+import re
 import time
 
 import mlflow
@@ -107,7 +108,8 @@ def test_aml_link_checks_credential_store_experiment_and_azure_env(ext, shell, a
     assert found["store"][0].startswith("OK    store       primary azureml://127.0.0.1:")
     [credential] = found["credential"]
     assert credential.startswith("WARN") and f"--auth managed-identity, identity appid={MANAGED_IDENTITY_CLIENT_ID}" in credential
-    assert "token valid 4 more min" in credential
+    # 240 s tokens: 4 minutes left when fresh, fewer on a machine slow enough to take a minute here
+    assert re.search(r"token valid [0-4] more min", credential), credential
     assert any("AZURE_CLIENT_ID=*** AZURE_CLIENT_SECRET=*** set: --auth managed-identity signs in with them first" in line
                for line in found["environment"])
     [experiment] = found["experiment"]
