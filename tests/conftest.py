@@ -74,6 +74,8 @@ def shell(ipython_shell, tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     _reset_mlflow()
     ipython_shell.run_line_magic("unload_ext", "dbxml_magics") if "dbxml_magics" in ipython_shell.extension_manager.loaded else None
+    # `%config DbxmlMagics.x = ...` lives in the shell's config, which outlives a test: start clean.
+    ipython_shell.config.pop("DbxmlMagics", None)
     yield ipython_shell
     if "dbxml_magics" in ipython_shell.extension_manager.loaded:
         ipython_shell.run_line_magic("unload_ext", "dbxml_magics")
