@@ -117,3 +117,34 @@ def test_experiment_naming_lives_in_one_module():
         and any(word in path.read_text() for word in ("aml_experiment_name(", "databricks_experiment_name("))
     ]
     assert offenders == []
+
+
+def test_architecture_lists_modules_bottom_up():
+    """ARCHITECTURE.md's module list is the direction of imports: each module imports only
+    modules listed above it, and every module of the package is listed."""
+    import re
+
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    block = text[text.index("## Modules"):]
+    block = block[block.index("```") + 3:]
+    block = block[: block.index("```")]
+    order = []
+    for line in block.splitlines():
+        match = re.match(r"^  (\S+)", line)
+        if match and not line.startswith("    "):
+            name = match.group(1)
+            if name.endswith("/"):
+                order.append("dbxml_magics." + name[:-1])
+            elif name.endswith(".py"):
+                stem = name[:-3]
+                order.append("dbxml_magics" if stem == "__init__" else "dbxml_magics." + stem)
+    position = {module: i for i, module in enumerate(order)}
+    graph = import_graph()
+    assert [m for m in graph if m.count(".") == 1 and m not in position] == []
+    upward = [
+        (module, top)
+        for module in order
+        for dep in graph.get(module, ())
+        if (top := ".".join(dep.split(".")[:2])) in position and position[top] > position[module]
+    ]
+    assert upward == []
