@@ -20,7 +20,14 @@ from .inspector import Inspector
 from .live import LiveUpdates
 from .picker import WorkspacePicker
 from .runs_table import RunsTable
-from .text import PAGE_SIZE, endpoint_lines, journal_lines, journal_statuses, panel_text, run_text
+from .text import (
+    PAGE_SIZE,
+    endpoint_lines,
+    journal_lines,
+    journal_statuses,
+    panel_text,
+    run_text,
+)
 from .widgets import close_tree, guarded
 
 __all__ = ["SessionPanel", "PanelView", "live_panel", "show_panel", "close_panel", "panel_text", "run_text", "WorkspacePicker", "PAGE_SIZE"]

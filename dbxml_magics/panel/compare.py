@@ -2,7 +2,6 @@
 the best run per metric, as widgets and as text (`%aml_panel --compare RUN RUN...`)."""
 
 import html
-import io
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from ..errors import DbxmlError
 from ..session import Session
 from .text import text_table
-from .widgets import close_tree, table_html
+from .widgets import close_tree, plot_axes, plot_png, table_html
 
 __all__ = ["Comparison", "compare", "read_comparison", "comparison_text", "metric_goal", "CompareView"]
 
@@ -110,13 +109,8 @@ def comparison_text(comparison: Comparison) -> str:
 
 
 def overlay_png(name: str, comparison: Comparison) -> bytes:
-    """One metric's histories of every run in one plot (Figure + Agg: the user's pyplot is untouched)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(4.2, 2.6), dpi=90)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    """One metric's histories of every run in one plot."""
+    figure, axes = plot_axes(4.2, 2.6)
     for index, (label, run) in enumerate(zip(comparison.labels, comparison.runs)):
         points = run.histories.get(name) or ([(0, run.metrics[name])] if name in run.metrics else [])
         if not points:
@@ -127,15 +121,8 @@ def overlay_png(name: str, comparison: Comparison) -> bytes:
             marker="." if len(points) <= 50 else None, linewidth=2.2 if best else 1.1,
             label=label + (" (best)" if best else ""),
         )
-    axes.set_title(f"{name} ({comparison.goals[name]})", fontsize=10)
-    axes.set_xlabel("step", fontsize=8)
-    axes.tick_params(labelsize=7)
-    axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return plot_png(figure, axes, f"{name} ({comparison.goals[name]})")
 
 
 class CompareView:

@@ -1,7 +1,6 @@
 """The run inspector: params, tags, metrics with history plots, artifacts, models, links."""
 
 import html
-import io
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -18,36 +17,21 @@ from .text import (
     scoring_rows,
     shortened,
 )
-from .widgets import close_tree, guarded, status_html, table_html
+from .widgets import close_tree, guarded, plot_axes, plot_png, status_html, table_html
 
 # A plot has a few hundred pixels across: more points only cost drawing time.
 MAX_PLOTTED_POINTS = 600
 
 
 def history_png(name: str, points: list[tuple[int, float]]) -> bytes:
-    """A small line plot of one metric history, as PNG bytes.
-
-    Figure + Agg canvas, not pyplot: pyplot would change the user's backend and figures.
-    """
+    """A small line plot of one metric history, as PNG bytes."""
     if len(points) > MAX_PLOTTED_POINTS:
         points = points[:: len(points) // MAX_PLOTTED_POINTS + 1] + points[-1:]
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(3.6, 2.3), dpi=90)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, axes = plot_axes(3.6, 2.3)
     steps = [step for step, _ in points]
     values = [value for _, value in points]
     axes.plot(steps, values, marker="." if len(points) <= 50 else None, linewidth=1.2)
-    axes.set_title(name, fontsize=10)
-    axes.set_xlabel("step", fontsize=8)
-    axes.tick_params(labelsize=7)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return plot_png(figure, axes, name)
 
 
 # ---------------------------------------------------------------------- inspector

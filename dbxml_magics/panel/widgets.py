@@ -68,3 +68,27 @@ def table_html(header: tuple[str, ...], rows: list[tuple], empty: str) -> str:
 
 
 # ---------------------------------------------------------------------- runs table
+
+
+def plot_axes(width: float, height: float):
+    """A figure on its own Agg canvas and its axes: pyplot would change the user's backend and figures."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=90)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def plot_png(figure, axes, title: str) -> bytes:
+    """The panel's plot style (small title, step axis, light grid), rendered to PNG bytes."""
+    import io
+
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("step", fontsize=8)
+    axes.tick_params(labelsize=7)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
