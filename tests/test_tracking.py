@@ -181,6 +181,7 @@ def test_outcome_that_cannot_be_logged_ends_failed_with_one_line(ext, shell, tmp
 
 @pytest.mark.parametrize("enabled_before", [False, True], ids=["off-before", "on-before"])
 def test_autolog_puts_back_the_state_it_found(ext, shell, enabled_before):
+    import sklearn  # noqa: F401 - mlflow.autolog() configures only integrations already imported
     from mlflow.utils.autologging_utils import autologging_is_disabled
 
     if enabled_before:  # as on Databricks, where autologging is on by default
