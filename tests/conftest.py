@@ -63,6 +63,20 @@ def _reset_mlflow():
     utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow_globals_leak():
+    """Whatever a test pointed MLflow at (globals and the MLFLOW_* variables that
+    set_registry_uri exports) is gone before the next test, which may start a kernel that
+    inherits the environment."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    if "mlflow" in sys.modules:
+        _reset_mlflow()
+    for name in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        os.environ.pop(name)
+    os.environ.update(before)
+
+
 @pytest.fixture
 def shell(ipython_shell, tmp_path, monkeypatch):
     """A real InteractiveShell in a fresh working directory, with nothing loaded."""

@@ -93,4 +93,7 @@ class MlflowServer:
     def client(self):
         import mlflow
 
-        return mlflow.MlflowClient(tracking_uri=self.uri)
+        # The registry too: an earlier test's mlflow.set_registry_uri also exported
+        # MLFLOW_REGISTRY_URI, which MlflowClient would otherwise read (seen in CI: test_secrets
+        # searched another test's store and found no model version).
+        return mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)

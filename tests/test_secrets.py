@@ -110,7 +110,7 @@ def secrets_in_environment(monkeypatch):
     monkeypatch.setenv("AZURE_CLIENT_ID", "11111111-1111-1111-1111-111111111111")
     monkeypatch.setenv("AZURE_TENANT_ID", "22222222-2222-2222-2222-222222222222")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", TOKEN)
-    for name in ("MLFLOW_TRACKING_URI", "DATABRICKS_RUNTIME_VERSION"):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABRICKS_RUNTIME_VERSION"):
         monkeypatch.delenv(name, raising=False)
 
 
