@@ -190,7 +190,8 @@ def _environment(link) -> list[Check]:
                             "in with them first (as a service principal or that managed identity), not as you",
                             "unset them, or link with --auth service-principal if they are meant (azure-sdk-for-python#38813)"))
     for name in ("ARM_CLOUD_METADATA_URL", "AZUREML_CURRENT_CLOUD"):
-        if env.get(name):
+        # azure-ai-ml's MLClient sets AZUREML_CURRENT_CLOUD to its cloud: the public one is no surprise.
+        if env.get(name) and not (name == "AZUREML_CURRENT_CLOUD" and env[name] == "AzureCloud"):
             checks.append(Check("WARN", "environment", f"{name}={mask_uri(env[name])} chooses the Azure cloud endpoints",
                                 f"unset {name} unless this is a sovereign or private cloud"))
     if not checks:

@@ -591,7 +591,7 @@ class _SdkV1Auth:
 def target_from_workspace_object(workspace, variable: str, settings=None) -> Target:
     """The Target for a workspace object the notebook already holds, reusing its credential:
     azureml-core's `Workspace` (the seed's `ws = Workspace.get(...)`: its own tracking URI) or
-    azure-ai-ml's `MLClient` (its ids, looked up over ARM)."""
+    azure-ai-ml's `MLClient` (the workspace as the client itself reads it, its credential)."""
     module = type(workspace).__module__ or ""
     timeout = float(getattr(settings, "credential_timeout", 10.0)) if settings is not None else 10.0
     if module.startswith("azureml.core"):
@@ -608,7 +608,7 @@ def target_from_workspace_object(workspace, variable: str, settings=None) -> Tar
             raise LinkError(f"Workspace {variable!r} gave no MLflow tracking URI ({first_line(exc, 200)}); "
                             "link with -s/-g/-w instead.") from None
         tenant = None
-    elif module.startswith("azure.ai.ml") and hasattr(workspace, "workspace_name"):
+    elif module.startswith("azure.ai.ml") and hasattr(workspace, "workspaces"):
         if not workspace.workspace_name:
             raise LinkError(f"MLClient {variable!r} names no workspace: build it with workspace_name=..., "
                             "or link with -s/-g/-w.")
@@ -616,13 +616,31 @@ def target_from_workspace_object(workspace, variable: str, settings=None) -> Tar
                                       workspace.workspace_name, source="-s/-g/-w"))
         credential = _CheckedCredential(workspace._credential, "workspace-object")
         check_credential(credential, None, timeout)
-        info = lookup_workspace(ref, credential)
-        host, tenant = info.mlflow_host, info.tenant_id
+        # The client reads its workspace itself: its cloud and endpoint, its pipeline and policies.
+        found = _arm_call(ref, credential, lambda: _ml_client_workspace(workspace, ref.workspace))
+        host, tenant = urlsplit(found.mlflow_tracking_uri or "").netloc, None
     else:
         raise LinkError(f"{variable!r} is a {type(workspace).__name__}, not an Azure ML workspace object "
                         "(azureml-core Workspace or azure-ai-ml MLClient): link with -s/-g/-w or --config.")
     return Target(uri=tracking_uri_for(ref, host), kind="aml", workspace=ref.workspace,
                   studio_url=studio_url_for(ref, tenant), credential=credential)
+
+
+def _ml_client_workspace(client, name: str):
+    """`client.workspaces.get(name)`, azure-core's failures as arm.py's (one message per ARM error)."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    from .arm import ArmError, ArmUnreachable
+
+    try:
+        return client.workspaces.get(name)
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise ArmUnreachable(f"no answer from the MLClient's endpoint ({type(exc).__name__})") from None
+    except HttpResponseError as exc:
+        error, response = getattr(exc, "error", None), getattr(exc, "response", None)
+        raise ArmError(exc.status_code or 0, getattr(error, "code", None) or exc.reason or "Error",
+                       first_line(getattr(error, "message", None) or exc.message, 200),
+                       response.headers.get("Retry-After") if response is not None else None) from None
 
 
 def target_from_azureml_uri(uri: str, args=None, settings=None) -> Target:

@@ -42,9 +42,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 __all__ = ["ArmEmulator", "ArmFault", "ArmRequest", "QuietHandler", "PROVIDER", "WORKSPACE_API_VERSIONS"]
 
 PROVIDER = "Microsoft.MachineLearningServices"
-# What the clients in this repository send (workspace.py, azureml-core 1.61, azureml-mlflow 1.60),
-# plus recent GA versions; a route refuses anything else, as ARM refuses an unknown version.
-WORKSPACE_API_VERSIONS = ("2021-01-01", "2022-05-01", "2023-10-01", "2024-04-01", "2024-10-01", "2025-06-01")
+# What the clients in this repository send (workspace.py, azureml-core 1.61, azureml-mlflow 1.60,
+# azure-ai-ml 1.35's 2024-10-01-preview), plus recent GA versions; a route refuses anything else, as ARM refuses an unknown version.
+WORKSPACE_API_VERSIONS = ("2021-01-01", "2022-05-01", "2023-10-01", "2024-04-01", "2024-10-01", "2024-10-01-preview",
+                          "2025-06-01")
 SUBSCRIPTION_API_VERSIONS = ("2016-06-01", "2020-01-01", "2022-12-01")
 METADATA_API_VERSIONS = ("2015-01-01", "2019-05-01", "2020-06-01", "2022-09-01")
 _RG = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"

@@ -426,3 +426,38 @@ def test_no_default_path_needs_azureml_core(ext, shell, aml_workspace, monkeypat
     assert [r.workspace for r in refs] == [aml_workspace.workspace]
     with pytest.raises(UsageError, match=r"or -w VAR alone .*pip install dbxml-magics\[sdk-v1\]"):
         shell.run_line_magic("aml_link", "-w ws_never_assigned")
+
+
+def _ml_client(e, monkeypatch, workspace_name=None):
+    """A real azure-ai-ml MLClient whose ARM calls reach the emulator: azure-ai-ml keeps the
+    public clouds' endpoints in its own table (ARM_CLOUD_METADATA_URL only adds other clouds),
+    so its developer endpoint override AZUREML_DEV_URL_MFE points it there; TLS as for the rest."""
+    from azure.ai.ml import MLClient
+    from azure.identity import ManagedIdentityCredential
+
+    monkeypatch.setenv("AZUREML_DEV_URL_MFE", e.arm.url.rstrip("/"))
+    monkeypatch.setenv("AZUREML_CURRENT_CLOUD", "AzureCloud")  # MLClient sets it; the test's teardown unsets it
+    return MLClient(ManagedIdentityCredential(), e.subscription, e.resource_group, workspace_name or e.workspace)
+
+
+def test_ml_client_links_with_the_workspace_it_reads(ext, shell, aml_workspace, monkeypatch):
+    """`ml_client = MLClient(credential, sub, rg, ws)`, then `%aml_link -w ml_client`: the client
+    itself reads the workspace from the ARM emulator over TLS, and its credential signs MLflow."""
+    e = aml_workspace
+    shell.user_ns["ml_client"] = _ml_client(e, monkeypatch)
+    link = shell.run_line_magic("aml_link", "-w ml_client")
+    assert link.primary.kind == "aml" and link.primary.uri == e.tracking_uri
+    [read] = e.arm.seen("GET", f"/workspaces/{e.workspace}")
+    assert read.api_version == "2024-10-01-preview" and read.authorized, "azure-ai-ml's own request, not arm.py's"
+    shell.run_cell_magic("track", "ml-client --no-source --metrics m", "m = 0.25")
+    assert ext.journal.flush(timeout=60) and ext.journal.pending() == 0
+    assert any(r.path.endswith("/runs/log-batch") and r.authorized for r in e.mlflow_requests())
+
+
+def test_ml_client_of_a_missing_workspace_is_one_line(ext, shell, aml_workspace, monkeypatch):
+    shell.user_ns["ml_client"] = _ml_client(aml_workspace, monkeypatch, "ws-gone")
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    with pytest.raises(UsageError, match=r"workspace 'ws-gone' was not found in resource group 'rg-test'") as info:
+        shell.run_line_magic("aml_link", "-w ml_client")
+    assert "\n" not in str(info.value)
+    _assert_unchanged(ext, before_link, before_uri)
