@@ -9,6 +9,7 @@ token's kind, owner and expiry, and shows environment values masked.
 import base64
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ __all__ = ["Check", "run_checks", "doctor_report", "doctor_from_args", "DEADLINE
 DEADLINE = 8.0  # seconds for the whole report; the issue's bound is 10 s
 _STORE_TIMEOUT = 4.0  # one probe per store
 _TOKEN_TIMEOUT = 3.0
-_TESTED_MLFLOW = ((2, 13), (4, 0))  # [from, to) of the tested runtime profiles
 # DefaultAzureCredential reads these before anything else (EnvironmentCredential, and the
 # managed identity's client id): the trap of azure-sdk-for-python#38813.
 _AZURE_IDENTITY_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
@@ -224,22 +224,48 @@ def _versions(link) -> list[Check]:
     versions = installed_versions()
     mlflow, skinny = versions["mlflow"], versions["mlflow-skinny"]
     azureml, pyspark = versions["azureml-mlflow"], versions["pyspark"]
-    found = f"mlflow {mlflow or '-'}, mlflow-skinny {skinny or '-'}, azureml-mlflow {azureml or '-'}, pyspark {pyspark or '-'}"
+    found = (f"mlflow {mlflow or '-'}, mlflow-skinny {skinny or '-'}, azureml-mlflow {azureml or '-'}, "
+             f"pyspark {pyspark or '-'}, python {versions['python']}")
     mixture = mlflow_mixture()
     if mixture:
         problem, _, fix = mixture.partition("; ")
         return [Check("FAIL", "versions", problem, fix)]
-    current = mlflow or skinny
-    if current is None:
+    if (mlflow or skinny) is None:
         return [Check("FAIL", "versions", found, "pip install mlflow")]
-    major_minor = tuple(int(p) for p in current.split(".")[:2] if p.isdigit())
-    low, high = _TESTED_MLFLOW
-    if not low <= major_minor < high:
-        return [Check("WARN", "versions", f"{found}: mlflow {current} is outside the tested 2.13-3.x",
-                      "use an mlflow of a tested profile (pip install dbxml-magics resolves one)")]
     if azureml is None and any(t.kind == "aml" for t in link.targets):
         return [Check("FAIL", "versions", f"{found}: an Azure ML store is linked", "pip install azureml-mlflow")]
-    return [Check("OK", "versions", found)]
+    installed = {"python": versions["python"], "mlflow": mlflow or skinny, "azureml-mlflow": azureml, "pyspark": pyspark}
+    runtime, differing = _nearest_profile(installed)
+    if not differing:
+        return [Check("OK", "versions", f"{found}: as in the tested profile {runtime}")]
+    theirs = ", ".join(f"{key} {version}" for key, version in differing)
+    return [Check("WARN", "versions", f"{found}: no tested profile has these; the nearest, {runtime}, "
+                  f"has {theirs}", "install a tested profile's versions (README, support table)")]
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+def _nearest_profile(installed: dict[str, str | None]) -> tuple[str, list[tuple[str, str]]]:
+    """The tested profile (compat/*.txt) nearest the installed versions, compared by major.minor
+    on what the profile pins and is installed: (its runtime, [(key, the profile's version)
+    where they differ]); fewest differences first, then the smallest version distance."""
+    from .tested_profiles import PROFILES
+
+    def compare(pins: dict[str, str]):
+        differing, distance = [], 0
+        for key, version in pins.items():
+            if installed.get(key) is None:
+                continue
+            mine, theirs = _major_minor(installed[key]), _major_minor(version)
+            if mine != theirs:
+                differing.append((key, version))
+                distance += sum(abs(a - b) * weight for a, b, weight in zip(mine, theirs, (100, 1)))
+        return len(differing), distance, differing
+
+    _, runtime, pins = min(PROFILES, key=lambda profile: compare(profile[2])[:2])
+    return runtime, compare(pins)[2]
 
 
 def _journal(session) -> Check:

@@ -4,8 +4,12 @@ Stores are real (the embedded SQLite store, a real `mlflow server`, the AML emul
 of it); Azure Resource Manager is the TLS emulator; versions come from real dist-info metadata.
 """
 
+import importlib.util
+import platform
 import re
+import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -13,6 +17,8 @@ from IPython.core.error import UsageError
 
 from aml_emulator import MANAGED_IDENTITY_CLIENT_ID, aml_emulator, aml_workspace, azure_env, link_line  # noqa: F401
 from dbxml_magics.doctor import run_checks
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _doctor(shell, capsys) -> dict[str, list[str]]:
@@ -38,7 +44,8 @@ def test_embedded_default_is_all_ok_offline(ext, shell, azure_env, capsys):
     assert found["link"][0].startswith("OK") and "not linked: the embedded store" in found["link"][0]
     assert found["store"][0].startswith("OK    store       primary sqlite:///")
     assert "none needed" in found["credential"][0]
-    assert all(line.startswith("OK") for lines in found.values() for line in lines)
+    # versions depend on this environment matching a compat/ profile: their own test below
+    assert all(line.startswith("OK") for name, lines in found.items() if name != "versions" for line in lines)
 
 
 def test_doctor_takes_no_other_option(ext, shell):
@@ -67,19 +74,57 @@ def test_environment_and_registry_traps_warn_with_values_masked(ext, shell, azur
     assert registry.startswith("WARN") and "elsewhere.db (MLFLOW_REGISTRY_URI)" in registry
 
 
+def _installed(monkeypatch, folder, versions: dict[str, str]) -> None:
+    """Real dist-info metadata for these versions, first on sys.path: what importlib.metadata finds."""
+    for name, version in versions.items():
+        dist = folder / f"{name.replace('-', '_')}-{version}.dist-info"
+        dist.mkdir(parents=True)
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
+
+
 def test_mixed_mlflow_distributions_fail(ext, shell, azure_env, monkeypatch, capsys, tmp_path):
     """A second distribution writing the mlflow package (mlflow 2.x + azureml-mlflow's skinny)."""
     import importlib.metadata as metadata
-    import sys
 
     real = metadata.version("mlflow")
-    dist = tmp_path / "site" / "mlflow_skinny-9.9.9.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlflow-skinny\nVersion: 9.9.9\n")
-    monkeypatch.setattr(sys, "path", [str(tmp_path / "site"), *sys.path])
+    _installed(monkeypatch, tmp_path / "site", {"mlflow-skinny": "9.9.9"})
     [line] = _doctor(shell, capsys)["versions"]
     assert line.startswith("FAIL") and f"mlflow {real} and mlflow-skinny 9.9.9" in line
     assert "overwrite each other's files" in line and f"%pip install mlflow-skinny=={real}" in line
+
+
+def test_tested_profiles_module_is_generated_from_compat():
+    spec = importlib.util.spec_from_file_location("profiles_module", ROOT / "compat" / "profiles_module.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.MODULE.read_text() == generator.render(), (
+        "dbxml_magics/tested_profiles.py differs from compat/: run `python compat/profiles_module.py`"
+    )
+
+
+def test_versions_match_a_tested_profile_or_warn_naming_the_nearest(ext, shell, azure_env, monkeypatch, capsys,
+                                                                   tmp_path):
+    """One rule: OK when mlflow, pyspark and python match a compat/ profile's major.minor (other
+    patch releases too), else WARN naming the nearest profile and what it has instead."""
+    from dbxml_magics.tested_profiles import PROFILES
+
+    python = ".".join(platform.python_version_tuple()[:2])
+    same_python = [(runtime, pins) for _, runtime, pins in PROFILES if pins["python"] == python]
+    assert same_python, f"no profile in compat/ runs Python {python}, the suite's"
+    runtime, pins = same_python[0]
+    major, minor, *_ = pins["mlflow"].split(".")
+    patched = f"{major}.{minor}.99"
+    _installed(monkeypatch, tmp_path / "ok", {"mlflow": patched, "mlflow-skinny": patched, "pyspark": pins["pyspark"]})
+    [line] = _doctor(shell, capsys)["versions"]
+    assert line.startswith("OK") and f"mlflow {patched}" in line and line.endswith(f"as in the tested profile {runtime}")
+
+    untested = f"{major}.{int(minor) + 50}.0"  # a minor release no profile has
+    _installed(monkeypatch, tmp_path / "warn", {"mlflow": untested, "mlflow-skinny": untested})
+    [line] = _doctor(shell, capsys)["versions"]
+    assert line.startswith("WARN") and f"mlflow {untested}" in line
+    assert f"no tested profile has these; the nearest, {runtime}, has mlflow {pins['mlflow']} ->" in line
+    assert "support table" in line
 
 
 def test_failed_journal_rows_fail(linked, shell, mlflow_server, capsys):
