@@ -7,7 +7,14 @@ endpoints (PUT, GET, PATCH traffic, DELETE, list), deployments (PUT, PATCH, GET,
 (`Azure-AsyncOperation`). Each deployment is backed by a real `mlflow models serve` started
 from the model version's files in the real MLflow server behind the workspace; it becomes
 `Succeeded` when the server answers /ping, `Failed` (with the container's log) when it exits.
-`fail_next` makes the next deployment fail the way Azure says so (e.g. quota).
+Failures as Azure reports them, in the operation status (ARM's error format):
+- `fail_next`: the next deployment fails before anything starts, with `(code, message)` or a
+  whole ARM error (`details` nest the specific cause, as for an image build);
+- `probe_window`: the readiness probe gives up after that many seconds without a 200 from
+  /ping (`ResourceNotReady`); the container keeps running, as Azure's restarts, until the
+  deployment or its endpoint is deleted;
+- `hold`: provisioning never finishes (the operation stays `InProgress`) until deleted,
+  which cancels it.
 
 The scoring front door (`scoringUri`) is a plain HTTP server: it checks the endpoint key,
 routes by traffic (or the `azureml-model-deployment` header), and speaks Azure's MLflow
@@ -47,7 +54,9 @@ class OnlineEndpoints:
         self.deployments: dict[tuple[str, str], dict] = {}
         self.servers: dict[tuple[str, str], object] = {}
         self.operations: dict[str, dict] = {}
-        self.fail_next: tuple[str, str] | None = None  # (code, message) for the next deployment
+        self.fail_next: tuple[str, str] | dict | None = None  # the next deployment's error: (code, message) or ARM's
+        self.probe_window: float | None = None  # readiness probe's patience, seconds (None: as long as start-up takes)
+        self.hold = False  # deployments stay InProgress
         self.deployment_bodies: list[dict] = []  # PUT/PATCH bodies as sent, for tests
         self._lock = threading.Lock()
         self._scoring = ThreadingHTTPServer(("127.0.0.1", 0), _scoring_handler(self))
@@ -179,10 +188,11 @@ class OnlineEndpoints:
         operation = uuid.uuid4().hex
         with self._lock:
             self.deployments[(ep.lower(), dep)] = resource
-            self.operations[operation] = {"status": "InProgress"}
+            self.operations[operation] = {"status": "InProgress", "for": (ep.lower(), dep)}
         failure, self.fail_next = self.fail_next, None
-        threading.Thread(target=self._provision, args=(ep.lower(), dep, parts[-3], parts[-1], operation, failure),
-                         daemon=True).start()
+        if not self.hold:
+            threading.Thread(target=self._provision, args=(ep.lower(), dep, parts[-3], parts[-1], operation, failure),
+                             daemon=True).start()
         url = f"{self.arm.url}subscriptions/{sub}/providers/{PROVIDER}/locations/local/mfeOperationsStatus/{operation}"
         headers = {"Azure-AsyncOperation": f"{url}?api-version={API_VERSION}", "Retry-After": "1"}
         return (201 if request.method == "PUT" else 202), resource, headers
@@ -194,12 +204,20 @@ class OnlineEndpoints:
 
         key = (ep, dep)
         if failure is not None:
-            return self._finish(key, operation, "Failed", {"code": failure[0], "message": failure[1]})
+            error = failure if isinstance(failure, dict) else {"code": failure[0], "message": failure[1]}
+            return self._finish(key, operation, "Failed", error)
         try:
             model_dir = self._model_files(model, version, self.folder / f"{ep}-{dep}-{uuid.uuid4().hex[:6]}")
             server = LocalServer(f"{ep}/{dep}", model_dir, free_port(), model_dir.parent / "container.log")
             old = self.servers.pop(key, None)
             server.start()
+            if self.probe_window is not None and not self._probe(server, self.probe_window):
+                self.servers[key] = server  # still running: Azure restarts it until the deployment goes
+                return self._finish(key, operation, "Failed", {
+                    "code": "ResourceNotReady",
+                    "message": f"Readiness probe failed: GET /ping on port {server.port} did not answer 200 within "
+                               f"{self.probe_window:g} s (probe_settings: initial_delay, period, failure_threshold).",
+                })
             server.wait_ready(600)
         except DeployError as exc:
             return self._finish(key, operation, "Failed", {
@@ -213,12 +231,26 @@ class OnlineEndpoints:
         self.servers[key] = server
         self._finish(key, operation, "Succeeded", None)
 
+    @staticmethod
+    def _probe(server, window: float) -> bool:
+        """Azure's readiness probe: GET /ping until 200, for `window` seconds."""
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(server.url + "/ping", timeout=1) as answer:
+                    if answer.status == 200:
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return False
+
     def _finish(self, key, operation: str, status: str, error) -> None:
         with self._lock:
             deployment = self.deployments.get(key)
             if deployment is not None:
                 deployment["properties"]["provisioningState"] = status
-            self.operations[operation] = {"status": status, **({"error": error} if error else {})}
+            self.operations[operation] = {"status": status, "for": key, **({"error": error} if error else {})}
 
     def _model_files(self, model: str, version: str, folder: Path) -> Path:
         import mlflow
@@ -243,12 +275,17 @@ class OnlineEndpoints:
             server.close()
         with self._lock:
             self.deployments.pop(key, None)
+            for operation in self.operations.values():  # deleting cancels what still provisions it
+                if operation["for"] == key and operation["status"] == "InProgress":
+                    operation.update(status="Canceled", error={
+                        "code": "OperationCanceled", "message": "The deployment was deleted while it was provisioning."})
 
     def _operation(self, request, sub, loc, op):
         operation = self.operations.get(op)
         if operation is None:
             raise ArmFault(404, "ResourceNotFound", f"No operation {op}.")
-        return 200, {"id": request.path, "name": op, **operation}, {"Retry-After": "1"}
+        shown = {k: v for k, v in operation.items() if k != "for"}
+        return 200, {"id": request.path, "name": op, **shown}, {"Retry-After": "1"}
 
     # ------------------------------------------------------------------ scoring
     def route_request(self, ep: str, key: str, wanted: str | None):

@@ -317,3 +317,51 @@ def test_aml_endpoint_through_the_plugin(ext, shell, aml_workspace, online_endpo
     with pytest.raises(UsageError, match="No endpoint named 'iris-aml' in workspace 'ws-test'"):
         shell.run_line_magic("aml_invoke", "iris-aml --df X")
     assert wait_gone(tmp_path) == []
+
+
+def test_aml_failures_are_one_line_and_leave_nothing(ext, shell, aml_workspace, online_endpoints, tmp_path):
+    """Azure's failures as its operation status reports them (ARM's error format): an image build
+    that fails, a readiness probe that fails with the container running, and --timeout passing
+    while the deployment still provisions."""
+    azure = online_endpoints
+    shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
+    shell.run_cell(TRAIN)
+    shell.run_cell_magic("track", "train --no-source", "acc = 0.97")
+    shell.run_line_magic("aml_register", "iris --model clf --alias prod")
+
+    # The image build: ARM's generic error, the specific cause nested in its details.
+    azure.fail_next = {
+        "code": "DeploymentFailed",
+        "message": "At least one resource deployment operation failed. Please list deployment operations for details.",
+        "details": [{"code": "ImageBuildFailure", "message": "The image build failed: pip could not install "
+                     "'scikit-learn==0.0'. Build log: https://ws.example/build/42.log"}],
+    }
+    with pytest.raises(UsageError, match=r"failed and was removed: ImageBuildFailure: The image build failed: pip could "
+                       r"not install 'scikit-learn==0.0'\. Build log") as failed:
+        shell.run_line_magic("aml_deploy", "iris-aml iris@prod")
+    assert "\n" not in str(failed.value)
+    assert azure.endpoints == {} and azure.deployments == {} and ext.endpoints == {}
+
+    # The readiness probe: the container runs but never answers /ping in time; it goes with the endpoint.
+    azure.probe_window = 0.5
+    with pytest.raises(UsageError, match=r"failed and was removed: ResourceNotReady: Readiness probe failed: GET /ping") \
+            as failed:
+        shell.run_line_magic("aml_deploy", "iris-aml iris@prod")
+    assert "\n" not in str(failed.value)
+    assert azure.endpoints == {} and azure.servers == {} and ext.endpoints == {}
+    assert wait_gone(tmp_path) == [], "the crash-looping container was stopped with its endpoint"
+    azure.probe_window = None
+
+    # --timeout while Azure keeps the operation InProgress: the states, on record as such, and how to delete.
+    azure.hold = True
+    with pytest.raises(UsageError, match=r"did not finish within --timeout 20 s: Azure reports the deployment Creating, "
+                       r"the endpoint Succeeded with traffic none, and goes on provisioning\. Follow it with "
+                       r"%aml_deploy --list; remove it with %aml_deploy --delete iris-slow\.$") as late:
+        shell.run_line_magic("aml_deploy", "iris-slow iris@prod --timeout 20")
+    assert "\n" not in str(late.value)
+    assert ext.endpoints["iris-slow"].state == "Creating", "on record as provisioning, not as ready"
+    assert [op["status"] for op in azure.operations.values()][-1] == "InProgress"
+    shell.run_line_magic("aml_deploy", "--delete iris-slow")
+    assert azure.endpoints == {} and "iris-slow" not in ext.endpoints
+    assert [op["status"] for op in azure.operations.values()][-1] == "Canceled"
+    assert wait_gone(tmp_path) == []

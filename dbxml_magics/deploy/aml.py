@@ -10,7 +10,8 @@ azureml-mlflow 1.60 does on its own, and what is done about it here:
 - `update_deployment` without `instance_count` resets capacity to 1: the current count is sent;
 - its long-running-operation polling prints dots to stdout from its poller thread: those bare
   dots are dropped (`_NoPollingDots`), everything else printed passes;
-- its LRO timeouts return silently: the state is read back and a non-final state is said;
+- its LRO timeouts return silently: the state is read back and a non-final state is said; when
+  our own --timeout passes first, the states are said with the line that deletes the endpoint;
 - its v2 calls go to the cloud's `resource_manager` endpoint (https only), not the workspace
   host: the service context given to it carries the cloud's real management endpoint;
 - its scoring POST has no timeout: invocations are our own bounded, kept-alive requests
@@ -151,10 +152,13 @@ class _ServiceFailure(Exception):
 
 
 def reason(exc: BaseException) -> str:
-    """Azure's own words for a failure: the ARM error code and message, found along the cause chain."""
+    """Azure's own words for a failure: the ARM error code and message, found along the cause
+    chain; where ARM nests the specific cause under a generic error (`details`), that cause."""
     seen = exc
     while seen is not None:
         error = getattr(seen, "error", None)
+        while getattr(error, "details", None) and getattr(error.details[0], "message", None):
+            error = error.details[0]
         code, message = getattr(error, "code", None), getattr(error, "message", None)
         if message:
             return " ".join(f"{code}: {message}".split()) if code else " ".join(str(message).split())
@@ -224,6 +228,11 @@ def deploy_aml(session, args) -> None:
             traffic = endpoint.get("properties", {}).get("traffic") or {}
             if share is not None:
                 traffic = _move_traffic(client, name, endpoint, deployment, share, deadline, progress)
+        except TimeoutError:
+            # Azure goes on provisioning: say where it stands and how to remove it, rather than
+            # delete what may be minutes from ready.
+            progress.done("timed out")
+            raise _still_provisioning(session, client, target, name, deployment, model, created_endpoint, args) from None
         except BaseException as exc:
             _undo(client, name, deployment, created_endpoint, existing if not created_endpoint else None, progress)
             progress.done("failed")
@@ -319,7 +328,8 @@ def _create_endpoint(client, name: str, folder: Path, deadline: float, progress)
     except _ServiceFailure as exc:
         raise DeployError(f"Azure ML refused endpoint {name!r}: {reason(exc.error)}") from None
     except TimeoutError:
-        raise DeployError(f"Endpoint {name!r} was not created within --timeout; see %aml_deploy --list.") from None
+        raise DeployError(f"Endpoint {name!r} was not created within --timeout; Azure may still create it: follow it "
+                          f"with %aml_deploy --list, remove it with %aml_deploy --delete {name}.") from None
 
 
 def _deploy_version(client, endpoint, deployment, model, existing, args, folder: Path, deadline, progress) -> None:
@@ -398,12 +408,31 @@ def _undo(client, endpoint: str, deployment: str, created_endpoint: bool, existi
             _call("deleting the deployment", lambda: client.delete_deployment(deployment, endpoint=endpoint), deadline)
 
 
+def _still_provisioning(session, client, target, name: str, deployment: str, model, created_endpoint: bool,
+                        args) -> DeployError:
+    """--timeout passed while Azure provisions: the states Azure reports now, the endpoint on
+    record with them (never as ready), and the line that deletes it."""
+    deadline = time.monotonic() + 30
+    found = _safely(lambda: _existing_deployment(client, name, deployment, deadline))
+    endpoint = _safely(lambda: _call("reading the endpoint", lambda: client.get_endpoint(name), deadline)) or {}
+    props = endpoint.get("properties") or {}
+    state = ((found or {}).get("properties") or {}).get("provisioningState") or ("not created" if found is None else "?")
+    traffic = props.get("traffic") or {}
+    if created_endpoint and endpoint:
+        session.set_endpoint(EndpointRecord(
+            name=name, target="aml", model=model.label, model_uri=model.uri, url=props.get("scoringUri") or "",
+            state=state, deployment=deployment, traffic=dict(traffic),
+            handle=AmlEndpoint(client, name, props.get("scoringUri") or ""),
+        ))
+    delete = f"%aml_deploy --delete {name}" + ("" if created_endpoint else f" --deployment {deployment}")
+    return DeployError(
+        f"Deployment {deployment} of endpoint {name} did not finish within --timeout {args.timeout or _AML_TIMEOUT:g} s: "
+        f"Azure reports the deployment {state}, the endpoint {props.get('provisioningState') or '?'} with traffic "
+        f"{_traffic_text(traffic)}, and goes on provisioning. Follow it with %aml_deploy --list; remove it with {delete}."
+    )
+
+
 def _as_deploy_error(exc: BaseException, endpoint: str, deployment: str, args) -> DeployError:
-    if isinstance(exc, TimeoutError):
-        return DeployError(
-            f"Deployment {deployment} of endpoint {endpoint} was not ready within {args.timeout or _AML_TIMEOUT:g} s "
-            "and was removed; raise --timeout (Azure takes 5-15 minutes)."
-        )
     if isinstance(exc, _ServiceFailure):
         return DeployError(f"Deployment {deployment} of endpoint {endpoint} failed and was removed: {reason(exc.error)}")
     return DeployError(f"Deployment {deployment} of endpoint {endpoint} failed and was removed: {first_line(exc)}")
