@@ -69,6 +69,29 @@ def trained(ext, shell):
     return ext
 
 
+def test_request_body_keeps_each_column_type_and_falls_back_to_pandas():
+    """Numeric frames are written with json (pandas' writer costs ~0.5 ms a call): an int column
+    stays ints beside floats and bools, for MLflow's schema check; NaN, dates, strings and
+    extension types go through pandas' writer (null, ISO dates)."""
+    import json
+
+    import pandas as pd
+
+    from dbxml_magics.deploy.payload import split_body
+
+    mixed = pd.DataFrame({"n": np.array([1, 2], dtype="int32"), "x": [0.1, 2.5], "ok": [True, False]})
+    split = json.loads(split_body(mixed))["dataframe_split"]
+    assert split == {"columns": ["n", "x", "ok"], "data": [[1, 0.1, True], [2, 2.5, False]]}
+    assert [type(v) for v in split["data"][0]] == [int, float, bool]
+    floats = pd.DataFrame(np.random.default_rng(0).normal(size=(3, 4)), columns=list("abcd"))
+    split = json.loads(split_body(floats, "input_data"))["input_data"]
+    pd.testing.assert_frame_equal(pd.DataFrame(split["data"], columns=split["columns"]), floats)  # exact floats
+    for other in (pd.DataFrame({"x": [1.0, np.nan]}), pd.DataFrame({"d": pd.to_datetime(["2024-01-01"]), "s": ["a"]}),
+                  pd.DataFrame({"i": pd.array([1, None], dtype="Int64")}), pd.DataFrame({0: [1], 1: [2]})):
+        assert json.loads(split_body(other))["dataframe_split"] == json.loads(
+            other.to_json(orient="split", index=False, date_format="iso"))
+
+
 def test_bad_input_is_one_line_and_starts_nothing(trained, shell, tmp_path, capsys):
     shell.run_line_magic("aml_register", "iris --model clf --input-example X")
     shell.user_ns["not_a_frame"] = [1, 2, 3]

@@ -2,8 +2,11 @@
 
 MLflow's scoring server takes `{"dataframe_split": {...}}` and answers `{"predictions": [...]}`;
 an Azure ML managed endpoint serving an MLflow model takes `{"input_data": {...}}` (the same
-split form) and answers the bare list. pandas' own JSON writer is used rather than
-`to_dict` + `json.dumps`: it is faster and handles numpy scalars and timestamps.
+split form) and answers the bare list. Plain numeric frames (the usual model input) are
+written with `json`, column by column so each keeps its type (an int column stays ints for
+MLflow's schema check): pandas' JSON writer costs about 0.5 ms even for one row, more than
+the round trip to a local server. Anything else (dates, strings, NaN, extension types) goes
+through pandas' writer, which handles numpy scalars and timestamps.
 """
 
 import json
@@ -13,7 +16,30 @@ __all__ = ["split_body", "read_predictions", "error_text"]
 
 def split_body(df, key: str = "dataframe_split") -> bytes:
     """The request body for `df` in pandas' split orientation, under `key`."""
-    return b'{"%s": %s}' % (key.encode(), df.to_json(orient="split", index=False, date_format="iso").encode())
+    split = _numeric_split(df)
+    if split is None:
+        split = df.to_json(orient="split", index=False, date_format="iso")
+    return b'{"%s": %s}' % (key.encode(), split.encode())
+
+
+def _numeric_split(df) -> str | None:
+    """`{"columns", "data"}` of a frame of bool/int/float numpy columns with string names, else None."""
+    import numpy as np
+
+    columns = list(df.columns)
+    if not df.columns.is_unique or not all(isinstance(c, str) for c in columns):
+        return None
+    dtypes = set(df.dtypes)
+    if not all(isinstance(dtype, np.dtype) and dtype.kind in "biuf" for dtype in dtypes):
+        return None
+    if len(dtypes) == 1:  # one numpy type: the array keeps it
+        rows = df.to_numpy().tolist()
+    else:
+        rows = list(map(list, zip(*(column.tolist() for _, column in df.items()))))
+    try:
+        return json.dumps({"columns": columns, "data": rows}, allow_nan=False)
+    except ValueError:  # NaN or infinity: pandas writes them as null
+        return None
 
 
 def read_predictions(answer, index):
