@@ -54,6 +54,7 @@ class RunRecord:
     model_versions: list[str] = field(default_factory=list)
     error: str | None = None
     parent_run_id: str | None = None  # a child's parent (%%track --nested, a sweep's combinations)
+    best_by: tuple[str, str] | None = None  # a sweep's parent: (metric, goal) choosing its best child
 
     @property
     def duration(self) -> float | None:

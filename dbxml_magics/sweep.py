@@ -19,7 +19,7 @@ from .session import RunRecord, Session
 from .tracking import TrackRequest, end_tracked_run, prepare_cell, run_tracked_cell, start_tracked_run
 from .userns import literal, parse_assignment
 
-__all__ = ["SweepRequest", "run_sweep"]
+__all__ = ["SweepRequest", "run_sweep", "best_child"]
 
 GOALS = ("min", "max")
 NOT_RUN = "NOT_RUN"
@@ -53,6 +53,7 @@ def run_sweep(session: Session, shell, request: TrackRequest, sweep: SweepReques
     if sweep.metric:
         tags.update({"dbxml.sweep.metric": sweep.metric, "dbxml.sweep.goal": sweep.goal})
     parent = start_tracked_run(session, request, tags)
+    parent.best_by = (sweep.metric, sweep.goal) if sweep.metric else None  # for the panel's sweep row
     if request.log_source:
         session.journal.log_text(parent.run_id, cell, "cell.py")
     children = [_Child(values) for values in combinations]
@@ -165,7 +166,8 @@ def _combinations(axes: dict[str, list], sample: int | None) -> list[dict]:
     return combinations
 
 
-def _best(children: list[_Child], metric: str, goal: str) -> _Child | None:
+def best_child(children: list, metric: str, goal: str):
+    """The finished child with the best numeric `metric` (children: _Child or RunRecord), or None."""
     scored = [c for c in children if c.status == "FINISHED" and isinstance(c.metrics.get(metric), numbers.Real)]
     if not scored:
         return None
@@ -181,7 +183,7 @@ def _finish(session: Session, parent: RunRecord, children: list[_Child], sweep: 
     tags = {f"dbxml.sweep.{s.lower()}": str(n) for s, n in counts.items() if n}
     metrics = []
     summary = f"sweep {parent.name!r}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    best = _best(children, sweep.metric, sweep.goal) if sweep.metric else None
+    best = best_child(children, sweep.metric, sweep.goal) if sweep.metric else None
     if best is not None:
         value = float(best.metrics[sweep.metric])
         tags.update({"dbxml.sweep.best_run_id": best.run_id, "dbxml.sweep.best": best.label[:5000]})

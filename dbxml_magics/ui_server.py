@@ -3,12 +3,12 @@
 The embedded store is a SQLite file with no server, so `%aml_ui` starts `mlflow server` on
 127.0.0.1 and a free port, in its own process group (MLflow starts worker processes: the
 whole group is stopped), and reuses it while it lives. It is stopped by `%aml_ui --stop`,
-`%unload_ext` and a normal kernel exit (the extension's exit hook calls `stop_all`).
+`%unload_ext`, a normal kernel exit (the extension's exit hook calls `stop_all`) and a killed
+kernel (the group's guard, `process_group`).
 """
 
 import atexit
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import DbxmlError
+from .process_group import start_group, stop_group
 from .targets import Target
 
 __all__ = ["UiServer", "StoreUi", "UiLinks", "store_uis", "serves", "start_ui", "stop_ui", "stop_all", "ui_url_for", "UiError"]
@@ -52,15 +53,7 @@ class UiServer:
         return self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
-        # Workers may outlive the leader for a moment.
-        _signal_group(self.process.pid, signal.SIGKILL)
+        stop_group(self.process)
 
 
 @dataclass(frozen=True)
@@ -174,14 +167,16 @@ def _launch(target: Target, log_dir: Path) -> UiServer:
         log = open(os.devnull, "ab")
     with log:
         try:
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                # The UI is shown inside the notebook's page, another origin (port): MLflow's
-                # clickjacking header would blank the IFrame. The server listens on 127.0.0.1 only.
-                # An environment variable, not --x-frame-options, which MLflow 2.x lacks.
-                env={**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_X_FRAME_OPTIONS": "NONE"},
-            )
+            # The UI is shown inside the notebook's page, another origin (port): MLflow's
+            # clickjacking header would blank the IFrame. The server listens on 127.0.0.1 only.
+            # An environment variable, not --x-frame-options, which MLflow 2.x lacks.
+            # No job runners (MLflow 3 starts seven, slowing start-up for minutes on a busy
+            # machine): the UI of an embedded store runs no server-side jobs.
+            env = {
+                **os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_X_FRAME_OPTIONS": "NONE",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            }
+            process = start_group(command, log, env)
         except OSError as exc:
             raise UiError(f"Cannot start `mlflow server` ({exc}); check that MLflow is installed in this kernel.") from None
     return UiServer(target.uri, target.artifact_root, port, process, log_path)
@@ -218,13 +213,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class UiLinks:

@@ -2,6 +2,10 @@
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -103,3 +107,55 @@ def test_both_mode_inspector_links_the_primary_and_the_mirror_run(linked, shell,
     server = ui_server._servers[linked.link.mirror.uri]
     shell.run_line_magic("unload_ext", "dbxml_magics")
     assert server.process.poll() is not None and not ui_server._servers
+
+
+KERNEL = """
+import sys
+from IPython.testing.globalipapp import start_ipython
+ip = start_ipython()
+ip.run_line_magic("load_ext", "dbxml_magics")
+ip.run_cell_magic("track", "t --no-source", "a = 1")
+from dbxml_magics import ui_server
+from dbxml_magics.panel import live_panel
+from dbxml_magics.session import get_session
+panel = live_panel(get_session(ip))
+panel.open_ui().result(timeout=600)  # from the panel's worker thread, which ends before the kernel
+(server,) = ui_server._servers.values()
+print("READY", server.process.pid, server.port, panel.message.value, flush=True)
+sys.stdin.read()
+"""
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_killed_kernel_takes_the_whole_ui_server_group_along(tmp_path):
+    """SIGKILL leaves no exit hook: the group's guard sees its kernel gone and stops every
+    process of the group (the guard, the mlflow CLI, uvicorn), and the port closes."""
+    from test_deploy import group_members
+
+    script = tmp_path / "kernel.py"
+    script.write_text(KERNEL)
+    kernel = subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )
+    pgid = None
+    try:
+        line = next((line for line in kernel.stdout if line.startswith("READY")), None)
+        assert line is not None, "the UI server never answered"
+        pgid, port = map(int, line.split()[1:3])
+        assert _port_open(port)
+        assert len(group_members(pgid)) >= 3, group_members(pgid)  # guard, mlflow CLI, uvicorn
+        kernel.send_signal(signal.SIGKILL)
+        kernel.wait(timeout=30)
+        wait_for(lambda: not group_members(pgid) and not _port_open(port), timeout=60, what="the group gone, the port closed")
+    finally:
+        if kernel.poll() is None:
+            kernel.kill()
+            kernel.wait(timeout=30)
+        if pgid is not None and group_members(pgid):
+            os.killpg(pgid, signal.SIGKILL)  # leave nothing behind when the test fails

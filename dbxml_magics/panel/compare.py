@@ -2,31 +2,18 @@
 the best run per metric, as widgets and as text (`%aml_panel --compare RUN RUN...`)."""
 
 import html
-import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import DbxmlError
 from ..session import Session
-from .text import text_table
-from .widgets import close_tree, plot_axes, plot_png, table_html
+from .text import metric_goal, text_table
+from .widgets import close_tree, line_data, plot_axes, plot_png, table_html
 
 __all__ = ["Comparison", "compare", "read_comparison", "comparison_text", "metric_goal", "CompareView"]
 
 MIN_RUNS, MAX_RUNS = 2, 10
-
-# Names that read as "lower is better"; every other metric is taken as "higher is better".
-_LOWER_IS_BETTER = re.compile(r"loss|err|mse|mae|mape|perplexity|latency|time|duration|cost|regret|distance", re.I)
-
-
-def metric_goal(name: str, goals: dict) -> str:
-    """`min` or `max`: the configured goal (`%config DbxmlMagics.metric_goals`), else guessed from the name."""
-    goal = goals.get(name)
-    if goal in ("min", "max"):
-        return goal
-    return "min" if _LOWER_IS_BETTER.search(name) else "max"
-
 
 @dataclass
 class Comparison:
@@ -116,11 +103,8 @@ def overlay_png(name: str, comparison: Comparison) -> bytes:
         if not points:
             continue
         best = comparison.best.get(name) == index
-        axes.plot(
-            [step for step, _ in points], [value for _, value in points],
-            marker="." if len(points) <= 50 else None, linewidth=2.2 if best else 1.1,
-            label=label + (" (best)" if best else ""),
-        )
+        steps, values, style = line_data(points)
+        axes.plot(steps, values, **style, linewidth=2.2 if best else 1.1, label=label + (" (best)" if best else ""))
     axes.legend(fontsize=7)
     return plot_png(figure, axes, f"{name} ({comparison.goals[name]})")
 

@@ -17,21 +17,32 @@ from .text import (
     scoring_rows,
     shortened,
 )
-from .widgets import close_tree, guarded, plot_axes, plot_png, status_html, table_html
+from .widgets import close_tree, figure_png, guarded, line_data, plot_axes, plot_png, status_html, table_html
 
-# A plot has a few hundred pixels across: more points only cost drawing time.
-MAX_PLOTTED_POINTS = 600
+
+class HistoryPlot:
+    """A small line plot of one metric history. A running run's plot is drawn again with the new
+    points on the same figure and line: building and laying out a figure costs several times
+    what drawing it does, and the drawing holds the GIL the training cell needs."""
+
+    def __init__(self, name: str, points: list[tuple[int, float]]):
+        self.figure, self.axes = plot_axes(3.6, 2.3)
+        steps, values, style = line_data(points)
+        (self.line,) = self.axes.plot(steps, values, **style, linewidth=1.2)
+        self.png = plot_png(self.figure, self.axes, name)
+
+    def redraw(self, points: list[tuple[int, float]]) -> bytes:
+        steps, values, style = line_data(points)
+        self.line.set_data(steps, values)
+        self.line.set_marker(style["marker"])
+        self.axes.relim()
+        self.axes.autoscale_view()
+        self.png = figure_png(self.figure)
+        return self.png
 
 
 def history_png(name: str, points: list[tuple[int, float]]) -> bytes:
-    """A small line plot of one metric history, as PNG bytes."""
-    if len(points) > MAX_PLOTTED_POINTS:
-        points = points[:: len(points) // MAX_PLOTTED_POINTS + 1] + points[-1:]
-    figure, axes = plot_axes(3.6, 2.3)
-    steps = [step for step, _ in points]
-    values = [value for _, value in points]
-    axes.plot(steps, values, marker="." if len(points) <= 50 else None, linewidth=1.2)
-    return plot_png(figure, axes, name)
+    return HistoryPlot(name, points).png
 
 
 # ---------------------------------------------------------------------- inspector
@@ -67,6 +78,8 @@ class Inspector:
         )
         self.tabs.layout.display = "none"
         self._plotted: list[str] = []  # metric of each plot shown, in order
+        self._live_run: str | None = None  # the running run whose plots _live_plots holds
+        self._live_plots: dict[str, HistoryPlot] = {}  # metric -> its plot, drawn again as points arrive
         self.rerun_button = widgets.Button(
             description="Re-run", icon="repeat", disabled=True,
             tooltip="Run this run's recorded cell again as a new run, its params restored: %aml_rerun RUN",
@@ -126,7 +139,16 @@ class Inspector:
         import ipywidgets as widgets
 
         names = [name for name, points in history.items() if len(points) > 1]
-        pictures = {name: history_png(name, history[name]) for name in names}  # outside the lock: slow
+        if self._live_run != record.run_id:
+            self._live_run, self._live_plots = record.run_id, {}
+        pictures = {}  # outside the lock: drawing is slow
+        for name in names:
+            plot = self._live_plots.get(name)
+            if plot is None:
+                plot = self._live_plots[name] = HistoryPlot(name, history[name])
+                pictures[name] = plot.png
+            else:
+                pictures[name] = plot.redraw(history[name])
         with self._lock:
             if self.run_id != record.run_id or record.status != "RUNNING":
                 return
@@ -170,6 +192,7 @@ class Inspector:
             f"{run_duration(details)} &nbsp;in {html.escape(details.store)}"
         )
         self.link.value = self._link_html(details)
+        self._live_run, self._live_plots = None, {}  # read back from the store: no live plots any more
         self.metrics.value = table_html(METRIC_HEADER, metric_rows(details), "No metrics logged.")
         old_plots = self.plots.children
         self.plots.children = tuple(

@@ -1,6 +1,8 @@
 """The panel as text (terminals, `%aml_sync`, widget fallbacks) and the row builders both forms share."""
 
+import re
 import time
+from collections import Counter
 
 from ..session import Session
 
@@ -41,6 +43,65 @@ def key_metrics(metrics: dict[str, float], preferred: list[str], limit: int) -> 
 def format_metrics(record, settings) -> str:
     shown = key_metrics(record.metrics, list(settings.key_metrics), settings.panel_max_metrics)
     return "  ".join(f"{name}={value:.4g}" for name, value in shown)
+
+
+# Names that read as "lower is better"; every other metric is taken as "higher is better".
+_LOWER_IS_BETTER = re.compile(r"loss|err|mse|mae|mape|perplexity|latency|time|duration|cost|regret|distance", re.I)
+
+
+def metric_goal(name: str, goals: dict) -> str:
+    """`min` or `max`: the configured goal (`%config DbxmlMagics.metric_goals`), else guessed from the name."""
+    goal = goals.get(name)
+    if goal in ("min", "max"):
+        return goal
+    return "min" if _LOWER_IS_BETTER.search(name) else "max"
+
+
+# ---------------------------------------------------------------------- parents and children
+def run_tree(runs: list) -> tuple[list, dict[str, list]]:
+    """The top-level runs and each parent's children, both in run order: a run whose parent is a
+    run of the session (a sweep's combination, %%track --nested) is shown under that parent."""
+    ids = {run.run_id for run in runs}
+    top, children = [], {}
+    for run in runs:
+        if run.parent_run_id in ids:
+            children.setdefault(run.parent_run_id, []).append(run)
+        else:
+            top.append(run)
+    return top, children
+
+
+def ranked_children(parent, children: list, settings) -> tuple[str | None, object | None, list]:
+    """(metric, best child, children best first): by the sweep's --metric/--goal, else by the first
+    key metric the children logged (its goal from metric_goals or its name); run order without one."""
+    from ..sweep import best_child
+
+    if parent.best_by:
+        metric, goal = parent.best_by
+    else:
+        logged = {name: 0.0 for child in children for name in child.metrics}
+        shown = key_metrics(logged, list(settings.key_metrics), 1)
+        if not shown:
+            return None, None, list(children)
+        metric = shown[0][0]
+        goal = metric_goal(metric, dict(settings.metric_goals))
+    best = best_child(children, metric, goal)
+    scored = [child for child in children if isinstance(child.metrics.get(metric), (int, float))]
+    scored.sort(key=lambda child: child.metrics[metric], reverse=goal == "max")
+    ranked = {id(child) for child in scored}
+    return metric, best, scored + [child for child in children if id(child) not in ranked]
+
+
+def group_text(parent, children: list, settings) -> str:
+    """A parent's row: `4 runs (1 failed)  best r2=0.9997 [alpha=0.01,max_iter=300]`."""
+    counts = Counter(child.status for child in children)
+    others = ", ".join(f"{n} {status.lower()}" for status, n in counts.items() if status != "FINISHED")
+    text = f"{len(children)} runs" + (f" ({others})" if others else "")
+    metric, best, _ = ranked_children(parent, children, settings)
+    if best is not None:
+        name = best.name[len(parent.name):] if best.name.startswith(parent.name + "[") else best.name
+        text += f"  best {metric}={best.metrics[metric]:.4g} {name}"
+    return text
 
 
 def live_text(history: dict[str, list[tuple[int, float]]], settings) -> str:
@@ -107,29 +168,30 @@ def panel_text(session: Session, statuses: list[dict] | None = None, limit: int 
     for role, uri, state in journal_lines(link, statuses):
         lines.append(f"  {role:<8}{uri}: {state}")
     lines += [f"  {line}" for line in endpoint_lines(session)]
-    runs = session.runs[-limit:][::-1] if limit else []
     if not session.runs:
         lines.append("No runs yet in this session: run a cell with %%track <name>.")
         return "\n".join(lines)
+    top, children = run_tree(list(session.runs))
+    runs = top[-limit:][::-1] if limit else []
     lines.append(f"Runs ({len(session.runs)}, newest first):")
-    lines += text_table(
-        ("name", "status", "start", "duration", "metrics", "versions"),
-        [
-            (
-                run.name,
-                run.status,
-                format_clock(run.start_time),
-                format_duration(run.duration),
-                _row_metrics(session, run),
-                ", ".join(run.model_versions),
-            )
-            for run in runs
-        ],
-    )
-    older = len(session.runs) - len(runs)
+    rows = []
+    for run in runs:
+        kids = children.get(run.run_id, [])
+        metrics = group_text(run, kids, session.settings) if kids else _row_metrics(session, run)
+        rows.append(_text_row(run, run.name, metrics))
+        rows += [_text_row(kid, f"  {kid.name}", _row_metrics(session, kid)) for kid in kids]
+    lines += text_table(("name", "status", "start", "duration", "metrics", "versions"), rows)
+    older = len(top) - len(runs)
     if older > 0:
         lines.append(f"  ... and {older} older runs")
     return "\n".join(lines)
+
+
+def _text_row(run, name: str, metrics: str) -> tuple:
+    return (
+        name, run.status, format_clock(run.start_time), format_duration(run.duration), metrics,
+        ", ".join(run.model_versions),
+    )
 
 
 def run_text(details) -> str:

@@ -70,6 +70,10 @@ def table_html(header: tuple[str, ...], rows: list[tuple], empty: str) -> str:
 # ---------------------------------------------------------------------- runs table
 
 
+# A plot has a few hundred pixels across: more points only cost drawing time.
+MAX_PLOTTED_POINTS = 600
+
+
 def plot_axes(width: float, height: float):
     """A figure on its own Agg canvas and its axes: pyplot would change the user's backend and figures."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -80,15 +84,27 @@ def plot_axes(width: float, height: float):
     return figure, figure.add_subplot()
 
 
+def line_data(points: list[tuple[int, float]]) -> tuple[list, list, dict]:
+    """Steps, values and line style of a history, thinned to MAX_PLOTTED_POINTS (the last kept)."""
+    count = len(points)
+    if count > MAX_PLOTTED_POINTS:
+        points = points[:: count // MAX_PLOTTED_POINTS + 1] + points[-1:]
+    return [step for step, _ in points], [value for _, value in points], {"marker": "." if count <= 50 else ""}
+
+
 def plot_png(figure, axes, title: str) -> bytes:
     """The panel's plot style (small title, step axis, light grid), rendered to PNG bytes."""
-    import io
-
     axes.set_title(title, fontsize=10)
     axes.set_xlabel("step", fontsize=8)
     axes.tick_params(labelsize=7)
     axes.grid(alpha=0.3)
     figure.tight_layout()
+    return figure_png(figure)
+
+
+def figure_png(figure) -> bytes:
+    import io
+
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
