@@ -3,7 +3,8 @@
 The panel must render as live widgets in a real frontend: the header shows the tracking
 URI, rows appear as tracked cells end, a running cell's row shows its metrics change
 before the cell ends (read from the page), clicking a run shows its metrics, the compare
-view renders, and `%aml_ui`'s IFrame loads MLflow's UI with the session's runs.
+view renders, a sweep is one row that unfolds and compares its children, and `%aml_ui`'s
+IFrame loads MLflow's UI drawing the session's runs.
 
 One JupyterLab and one page for the module (starting them is most of the time); the tests
 run in order over the one notebook run. Screenshots are kept in the test's folder; with
@@ -211,16 +212,12 @@ def test_aml_ui_iframe_loads_mlflow_ui_serving_the_session_runs(notebook_page):
     src = iframe.get_attribute("src")
     base = src.split("/#/")[0]
     assert base.startswith("http://127.0.0.1:") and "/#/experiments/" in src
-    # The IFrame loaded MLflow's own UI page from that server (not blocked as another origin)...
-    # (wait for the frame's own page first: the element is attached before it has navigated)
-    expect(page.frame_locator("iframe.dbxml-mlflow-ui").locator("script[src*='static-files']").first).to_be_attached()
-    frame = next(f for f in page.frames if f.url.startswith(base))
-    assert "mlflow" in frame.content().lower()
-    # ...and that server holds the session's runs (read with the browser's own request context).
-    runs = page.request.post(
-        f"{base}/api/2.0/mlflow/runs/search", data={"experiment_ids": [src.rsplit("/", 1)[-1]]}
-    ).json()["runs"]
-    assert {"baseline", "tuned", "deeper", "live"} <= {run["info"]["run_name"] for run in runs}
+    # The IFrame loaded MLflow's own UI (a React app) from that server, which fetched the
+    # session's runs and drew them: their names, read inside the frame.
+    frame = page.frame_locator("iframe.dbxml-mlflow-ui")
+    expect(frame.locator("script[src*='static-files']").first).to_be_attached()
+    for name in ("baseline", "tuned", "deeper", "live", "sweep"):
+        expect(frame.get_by_text(name, exact=True).first).to_be_visible()
     iframe.screenshot(path=str(folder / "mlflow-ui.png"))
     print(f"screenshots in {folder}")
 
@@ -244,3 +241,18 @@ def test_panel_rows_header_and_inspector(notebook_page):
     expect(inspector.locator("td", has_text=re.compile(r"^accuracy$"))).to_be_visible()
     expect(inspector.locator("img").first).to_be_visible()  # the val_loss history plot
     page.screenshot(path=str(folder / "inspector.png"))
+
+    # The sweep: one row (its children folded under it), its best child; the toggle shows the
+    # children's rows, Compare opens the compare view on them.
+    group = page.locator(".dbxml-run-group").first
+    expect(group).to_contain_text("2 runs")
+    expect(group).to_contain_text("best accuracy=0.95 [learning_rate=0.3]")
+    child = group.locator("button.widget-button", has_text="sweep[learning_rate=0.1]")
+    expect(child).to_be_hidden()
+    group.locator("button.widget-button", has_text="2 runs").click()
+    expect(child).to_be_visible()
+    group.locator("button.widget-button", has_text="Compare").click()
+    view = page.locator(".dbxml-compare").last
+    expect(view).to_contain_text("Comparing 2 runs: sweep[learning_rate=0.3], sweep[learning_rate=0.1]")
+    group.scroll_into_view_if_needed()
+    page.screenshot(path=str(folder / "sweep.png"))

@@ -2,6 +2,7 @@
 
 import functools
 import html
+import io
 
 
 def guarded(report, callback):
@@ -99,12 +100,6 @@ def plot_png(figure, axes, title: str) -> bytes:
     axes.tick_params(labelsize=7)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    return figure_png(figure)
-
-
-def figure_png(figure) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
