@@ -9,8 +9,9 @@ with the panel subscribed, exactly as %%track drives it. Widget state is seriali
 it would be for a frontend (ipywidgets serializes even without a kernel).
 
 Prints per-run costs and their ratio (1,000 runs / 10 runs); ~1 means no growth. The live
-part runs real `%%track` cells (embedded store, journal) in an IPython shell; the SPEC's
-bound is open / closed <= 1.2x.
+part runs real `%%track` cells (embedded store, journal) in an IPython shell, modes
+alternating per round; the SPEC's bound is open / closed <= 1.2x. CPU seconds of the process
+are printed next to wall seconds: on a shared machine they vary much less.
 Run: .venv/bin/python benchmarks/bench_panel.py
 """
 
@@ -75,8 +76,9 @@ def cost_per_new_run(existing: int, folder: Path) -> float:
     return statistics.median(timings)
 
 
-def live_cell_seconds(shell, folder: Path, mode: str) -> float:
-    """Seconds of one tracked cell logging POINTS metric points; mode: closed, open, inspector."""
+def live_cell_seconds(shell, folder: Path, mode: str) -> tuple[float, float]:
+    """Wall and CPU seconds (the whole process: cell, journal shipper, panel threads) of one
+    tracked cell logging POINTS metric points; mode: closed, open, inspector."""
     from dbxml_magics.panel import close_panel, live_panel
     from dbxml_magics.session import get_session
 
@@ -87,9 +89,9 @@ def live_cell_seconds(shell, folder: Path, mode: str) -> float:
     if mode != "closed":
         live_panel(session)
     shell.user_ns.update(WATCH=mode == "inspector", POINTS=POINTS)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     shell.run_cell_magic("track", f"bench-{mode}", LIVE_CELL)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert session.runs[-1].status == "FINISHED", session.runs[-1].error
     if mode == "inspector":
         # The ended run is read back from the store in the background: let that finish here,
@@ -98,38 +100,60 @@ def live_cell_seconds(shell, folder: Path, mode: str) -> float:
     session.journal.flush(timeout=300)  # every mode's shipping done before the next cell
     close_panel(session)
     shell.run_line_magic("unload_ext", "dbxml_magics")
-    return seconds
+    return seconds, cpu
 
 
-def live_costs(folder: Path, rounds: int = 5) -> dict[str, float]:
+MODES = ("closed", "open", "inspector")
+
+
+def live_costs(folder: Path, rounds: int = 7) -> dict[str, dict[str, float]]:
+    """Per mode: median wall and CPU seconds, and the median over rounds of the ratio to the
+    closed panel in the same round (the order alternating, so a busy minute of the shared
+    machine weighs on every mode alike)."""
     from IPython.testing.globalipapp import start_ipython
 
     shell = start_ipython()
     home = os.getcwd()
-    timings: dict[str, list[float]] = {"closed": [], "open": [], "inspector": []}
+    wall: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
     live_cell_seconds(shell, folder / "warm-up", "inspector")
-    for round_ in range(rounds):  # interleaved, so a busy moment of the machine hits all modes
-        for mode in timings:
-            timings[mode].append(live_cell_seconds(shell, folder / f"{mode}-{round_}", mode))
+    for round_ in range(rounds):
+        for mode in MODES if round_ % 2 == 0 else MODES[::-1]:
+            seconds, cpu_seconds = live_cell_seconds(shell, folder / f"{mode}-{round_}", mode)
+            wall[mode].append(seconds)
+            cpu[mode].append(cpu_seconds)
     os.chdir(home)  # the folders go with the temporary directory
-    return {mode: statistics.median(values) for mode, values in timings.items()}
+    return {
+        mode: {
+            "wall": statistics.median(wall[mode]),
+            "cpu": statistics.median(cpu[mode]),
+            "ratio": statistics.median(w / c for w, c in zip(wall[mode], wall["closed"])),
+            "cpu_ratio": statistics.median(w / c for w, c in zip(cpu[mode], cpu["closed"])),
+        }
+        for mode in MODES
+    }
 
 
 def main() -> None:
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         cost_per_new_run(10, folder)  # warm-up: imports, first widget classes
         small = cost_per_new_run(10, folder)
         large = cost_per_new_run(1000, folder)
         live = live_costs(folder / "live")
+    print(f"load average at start / end: {load:.1f} / {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     print(f"panel update per new run, 10 runs in session:    {small * 1000:.2f} ms")
     print(f"panel update per new run, 1,000 runs in session: {large * 1000:.2f} ms")
     print(f"ratio (1,000 runs / 10 runs): {large / small:.2f}x")
-    print(f"cell logging {POINTS:,} points, panel closed:                  {live['closed']:.2f} s")
-    print(f"cell logging {POINTS:,} points, panel open (live row):         {live['open']:.2f} s")
-    print(f"cell logging {POINTS:,} points, panel open, inspector on it:   {live['inspector']:.2f} s")
-    print(f"ratio open / closed: {live['open'] / live['closed']:.2f}x; "
-          f"with the inspector: {live['inspector'] / live['closed']:.2f}x (bound 1.2x)")
+    labels = {"closed": "panel closed", "open": "panel open (live row)", "inspector": "panel open, inspector on it"}
+    for mode in MODES:
+        cost = live[mode]
+        print(
+            f"cell logging {POINTS:,} points, {labels[mode]:<28} {cost['wall']:.2f} s wall, {cost['cpu']:.2f} s CPU; "
+            f"vs closed {cost['ratio']:.2f}x wall, {cost['cpu_ratio']:.2f}x CPU"
+        )
+    print("bound: open / closed <= 1.2x (ratios are medians of the per-round ratios)")
 
 
 if __name__ == "__main__":
