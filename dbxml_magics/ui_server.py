@@ -130,7 +130,9 @@ def store_uis(session, start: bool = True) -> list[StoreUi]:
         if serves(target):
             url = start_ui(target, session.state_dir).url if start else ui_url_for(target.uri)
             experiment = next((r.experiment_id for r in reversed(session.runs) if r.target == target.display), None)
-            page = f"{url}/#/experiments/{experiment}" if url and experiment else url
+            # MLflow 3.x opens an experiment on its GenAI (traces) overview unless told the
+            # workflow; 2.x ignores the parameter and shows the runs either way.
+            page = f"{url}/#/experiments/{experiment}?workflowType=machine_learning" if url and experiment else url
             found.append(StoreUi(role, target.display, url, True, page=page))
         else:
             url = store_ui_url(target)

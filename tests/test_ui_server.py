@@ -34,7 +34,8 @@ def test_aml_ui_serves_the_embedded_store_reuses_it_links_runs_and_stops(ext, sh
     links = shell.run_line_magic("aml_ui", "")
     (ui,) = links.uis
     assert ui.role == "primary" and ui.started_here and ui.url.startswith("http://127.0.0.1:")
-    assert ui.page == f"{ui.url}/#/experiments/{record.experiment_id}"  # the inline UI opens the run's experiment
+    # the inline UI opens the runs of the run's experiment (MLflow 3 would show its GenAI overview)
+    assert ui.page == f"{ui.url}/#/experiments/{record.experiment_id}?workflowType=machine_learning"
     assert f'<iframe class="dbxml-mlflow-ui" src="{ui.page}"' in links._repr_html_()
     run = _get(f"{ui.url}/api/2.0/mlflow/runs/get?run_id={record.run_id}")["run"]
     assert run["info"]["run_name"] == "shown-in-ui"  # the session's runs, through MLflow's own server

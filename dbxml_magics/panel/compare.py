@@ -175,6 +175,8 @@ class CompareView:
     def _render(self, comparison: Comparison) -> None:
         import ipywidgets as widgets
 
+        # Drawn first, so the view changes at once, never showing the new runs over old plots.
+        pictures = [overlay_png(name, comparison) for name in comparison.metrics]
         self.comparison = comparison
         self.title.value = f"<b>Comparing {len(comparison.runs)} runs</b>: " + ", ".join(
             html.escape(label) for label in comparison.labels
@@ -188,9 +190,7 @@ class CompareView:
         self.equal.value = table_html(("param", "value"), comparison.equal, "No param is shared by all runs.")
         self.folded.titles = (f"Params equal in all runs ({len(comparison.equal)})",)
         old = self.plots.children
-        self.plots.children = tuple(
-            widgets.Image(value=overlay_png(name, comparison), format="png") for name in comparison.metrics
-        )
+        self.plots.children = tuple(widgets.Image(value=picture, format="png") for picture in pictures)
         for image in old:
             image.close()
 

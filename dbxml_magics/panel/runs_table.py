@@ -19,7 +19,7 @@ class _Columns:
     WIDTHS = {
         "select": "32px", "name": "190px", "status": "90px", "start": "80px", "duration": "75px", "metrics": "300px", "versions": "200px",
     }
-    GROUP_WIDTHS = {"toggle": "90px", "compare": "90px"}  # a parent row's controls, after its cells
+    GROUP_WIDTHS = {"toggle": "90px", "compare": "115px"}  # a parent row's controls, after its cells
 
     def __init__(self):
         import ipywidgets as widgets
@@ -120,7 +120,7 @@ class RunRow:
         self.duration.value = format_duration(record.duration)
         running = record.status == "RUNNING" and self.live is not None
         if self.kids:
-            self.metrics.value = group_text(record, [row.record for row in self.kids.values()], self.settings)
+            self.metrics.value = self.metrics.tooltip = group_text(record, [row.record for row in self.kids.values()], self.settings)
             arrow = "\u25b8" if self.kids_box.layout.display == "none" else "\u25be"  # folded / unfolded
             self.toggle.description = f"{arrow} {len(self.kids)} runs"
             self.compare.disabled = len(self.kids) < 2
