@@ -3,7 +3,7 @@
 A guard process leads the group: it starts the server as its child, and when the kernel is
 gone (it is re-parented), the server exited, or it is told to stop (SIGTERM), it sends SIGTERM
 to the whole group, then SIGKILL if the server outlives a grace period. This covers what a
-parent-death signal (prctl PR_SET_PDEATHSIG, as deploy/local.py uses) does not: that signal
+parent-death signal (prctl PR_SET_PDEATHSIG) does not: that signal
 fires when the *thread* that started the child ends (the panel starts `%aml_ui`'s server from
 a worker thread) and reaches only the leader, while `mlflow server` (MLflow 3) starts uvicorn
 and job runners of its own.
@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 
-__all__ = ["start_group", "stop_group", "group_alive", "GRACE"]
+__all__ = ["start_group", "stop_group", "GRACE"]
 
 # Seconds between SIGTERM and SIGKILL (uvicorn needs about a second to exit).
 GRACE = 10.0
@@ -64,16 +64,6 @@ def stop_group(process: subprocess.Popen, timeout: float = GRACE + 5) -> None:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         pass
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -237,7 +237,7 @@ sys.stdin.read()
 
 
 def test_a_killed_kernel_takes_its_server_along(tmp_path):
-    """SIGKILL leaves no atexit: the parent-death signal stops the server group."""
+    """SIGKILL leaves no atexit: the group's guard (process_group) sees the kernel gone and stops the group."""
     script = tmp_path / "kernel.py"
     script.write_text(KERNEL.format(train=textwrap.indent(TRAIN, "")))
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
@@ -252,7 +252,7 @@ def test_a_killed_kernel_takes_its_server_along(tmp_path):
                 pid = int(line.split()[1])
                 break
         assert pid is not None, "the endpoint never became ready"
-        assert len(group_members(pid)) == 2  # the mlflow CLI and uvicorn
+        assert len(group_members(pid)) == 3  # the guard, the mlflow CLI and uvicorn
         kernel.send_signal(signal.SIGKILL)
         kernel.wait(timeout=30)
         assert wait_gone(tmp_path) == []

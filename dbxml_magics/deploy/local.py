@@ -2,20 +2,19 @@
 
 Facts that shape it: `mlflow models serve --env-manager local` runs `bash -c "exec uvicorn
 ..."`, so the kernel's `bin` folder must be on PATH (else exit 127); start-up takes 8-17 s on
-a busy 2-core machine; uvicorn needs about a second to exit after SIGTERM. The server is
-started from the kernel thread with a parent-death signal, so a kernel that is killed
-outright takes the server with it (MLflow sets the same signal from its CLI to uvicorn).
+a busy 2-core machine; uvicorn needs about a second to exit after SIGTERM. The server runs
+under `process_group`'s guard, so a kernel that is killed outright takes the whole group with
+it, whichever thread started it.
 """
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ..errors import DeployError
+from ..process_group import start_group, stop_group
 
 __all__ = ["LocalServer", "free_port", "port_in_use"]
 
@@ -39,24 +38,6 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def _parent_is_lasting() -> bool:
-    """The parent-death signal fires when the *thread* that started the child ends: only the
-    main (kernel) thread lives as long as the kernel."""
-    import threading
-
-    return sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the kernel dies (Linux; elsewhere atexit covers it)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class LocalServer:
     """One `mlflow models serve` process group serving the model files in `model_dir`."""
 
@@ -65,7 +46,7 @@ class LocalServer:
         self.model_dir = Path(model_dir)
         self.port = port
         self.log_path = Path(log_path)
-        self.process: subprocess.Popen | None = None
+        self.process = None  # the group's guard (subprocess.Popen)
         self._http = None
 
     @property
@@ -88,10 +69,7 @@ class LocalServer:
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent if _parent_is_lasting() else None,
-            )
+            self.process = start_group(command, log, env)
 
     def wait_ready(self, timeout: float, on_tick=None) -> float:
         """Seconds until `/ping` answers 200; a DeployError (with the log's tail) if the
@@ -161,21 +139,10 @@ class LocalServer:
         self.stop()
 
     def stop(self) -> None:
-        """SIGTERM to the whole group, wait (bounded) until no member is left, then SIGKILL."""
+        """The whole group: SIGTERM, a bounded wait, then SIGKILL for whatever is left."""
         if self.process is None:
             return
-        pgid = self.process.pid
-        _signal_group(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_WAIT
-        try:
-            self.process.wait(timeout=_STOP_WAIT)
-        except subprocess.TimeoutExpired:
-            pass
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _group_alive(pgid) or self.process.poll() is None:
-            _signal_group(pgid, signal.SIGKILL)
-            self.process.wait(timeout=_STOP_WAIT)
+        stop_group(self.process, timeout=_STOP_WAIT)
         self.process = None
 
     def log_tail(self) -> str:
@@ -187,31 +154,3 @@ class LocalServer:
         return " | ".join(useful[-_LOG_TAIL_LINES:]) or "the log is empty"
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (non-zombie) process of the group remains: uvicorn outlives the CLI
-    leader by about a second, and an orphan may wait as a zombie for a slow reaper."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
