@@ -14,7 +14,7 @@ import os
 
 from ..stores import prepare_sqlite_store
 
-__all__ = ["JournaledStore", "install", "uninstall"]
+__all__ = ["JournaledStore", "install", "uninstall", "completed", "validate_metric"]
 
 # MLflow's default HTTP retries wait minutes on a dead server; the journal retries by
 # itself, so a down store costs seconds. A user's own setting wins.
@@ -52,6 +52,52 @@ def uninstall(journal, env: dict[str, str]) -> None:
     for key, value in env.items():
         if os.environ.get(key) == value:
             del os.environ[key]
+
+
+def completed():
+    """What an asynchronous write returns: the journal already holds it."""
+    from concurrent.futures import Future
+
+    from mlflow.utils.async_logging.run_operations import RunOperations
+
+    future = Future()
+    future.set_result(None)
+    return RunOperations([future])
+
+
+def validate_metric(key, value, timestamp, step) -> None:
+    """MLflow's own check of a metric, as every store applies it."""
+    from mlflow.utils.validation import _validate_metric
+
+    _validate_metric(key, value, timestamp, step)
+
+
+def validate_param(key, value):
+    from mlflow.utils.validation import _validate_param
+
+    return _validate_param(key, value)
+
+
+def validate_tag(key, value):
+    from mlflow.utils.validation import _validate_tag
+
+    return _validate_tag(key, value)
+
+
+def _validated(check, entity):
+    """MLflow 3's checks return the entity as stored (long values truncated); 2.x's return None."""
+    return check(entity.key, entity.value) or entity
+
+
+def validate_batch(metrics, params, tags) -> tuple[list, list, list]:
+    """MLflow's checks of a log_batch call, as its SQL store and server apply them."""
+    from mlflow.utils import validation
+
+    checked = validation._validate_batch_log_data(metrics, params, tags)
+    metrics, params, tags = checked if checked is not None else (metrics, params, tags)
+    validation._validate_batch_log_limits(metrics, params, tags)
+    validation._validate_param_keys_unique(params)
+    return metrics, params, tags
 
 
 class _JournaledBuilder:
@@ -99,26 +145,31 @@ class JournaledStore:
         except Exception:  # noqa: BLE001 - the name only names the mirror's experiment
             return None
 
-    # -- writes
+    # -- writes: validated here as the store would, so a bad name or value fails at the call,
+    # not later on the shipper
     def log_metric(self, run_id, metric):
         if not self._owned(run_id):
             return self._inner.log_metric(run_id, metric)
-        self._journal.log_batch(run_id, metrics=[metric])
+        validate_metric(metric.key, metric.value, metric.timestamp, metric.step)
+        self._journal.log_metric(
+            run_id, metric.key, metric.value, metric.timestamp, metric.step, getattr(metric, "model_id", None),
+            getattr(metric, "dataset_name", None), getattr(metric, "dataset_digest", None),
+        )
 
     def log_param(self, run_id, param):
         if not self._owned(run_id):
             return self._inner.log_param(run_id, param)
-        self._journal.log_batch(run_id, params=[param])
+        self._journal.log_batch(run_id, params=[_validated(validate_param, param)])
 
     def set_tag(self, run_id, tag):
         if not self._owned(run_id):
             return self._inner.set_tag(run_id, tag)
-        self._journal.log_batch(run_id, tags=[tag])
+        self._journal.log_batch(run_id, tags=[_validated(validate_tag, tag)])
 
     def log_batch(self, run_id, metrics, params, tags):
         if not self._owned(run_id):
             return self._inner.log_batch(run_id, metrics, params, tags)
-        self._journal.log_batch(run_id, metrics, params, tags)
+        self._journal.log_batch(run_id, *validate_batch(metrics, params, tags))
 
     def delete_tag(self, run_id, key):
         if not self._owned(run_id):
@@ -161,14 +212,8 @@ class JournaledStore:
     def _done(self, method, run_id, *args):
         if not self._owned(run_id):
             return getattr(self._inner, method.__name__ + "_async")(run_id, *args)
-        from concurrent.futures import Future
-
-        from mlflow.utils.async_logging.run_operations import RunOperations
-
         method(run_id, *args)
-        future = Future()
-        future.set_result(None)
-        return RunOperations([future])
+        return completed()
 
     # -- reads of an adopted run see its queued writes first
     def get_run(self, run_id):

@@ -158,6 +158,8 @@ class Shipper:
             if force or time.time() >= status.next_try:
                 try:
                     changed = self._pass(status)
+                    if changed:
+                        journal.outbox.checkpoint()
                 except Exception as exc:  # noqa: BLE001 - the shipper must survive anything
                     status.last_error = one_line(exc)
                     changed = True
@@ -177,7 +179,7 @@ class Shipper:
                     break
                 failure = outbox.run_failure(self.key, group[0][1])
                 if failure is not None:
-                    outbox.fail([row[0] for row in group], failure)
+                    outbox.fail(group, failure)
                     continue
                 self._send(group)
         except _Backoff as backoff:
@@ -213,10 +215,10 @@ class Shipper:
             message = one_line(exc)
             self._refused = True
             self.journal.status_of(self.key).last_error = message
-            outbox.fail(ids, message)
+            outbox.fail(group, message)
             if group[0][2] == "create_run":
                 outbox.fail_run(self.key, group[0][1], f"the mirror run could not be created ({message})")
             return
         finally:
             self.in_flight = set()
-        outbox.ack(ids)
+        outbox.ack(group)
