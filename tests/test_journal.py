@@ -153,6 +153,37 @@ def test_changing_a_param_fails_at_once_like_mlflow(linked, shell, mlflow_server
     assert run.data.metrics == {"ok": 1.0}
 
 
+def test_log_metric_fast_path_keeps_mlflow_semantics(linked, shell, mlflow_server):
+    """mlflow.log_metric on a journaled run skips MLflow's per-call overhead, not its rules:
+    the same conversions (numpy values, step and timestamp defaults), the same validation
+    error at the call, the same return value; MLflow's own function comes back on unload."""
+    original = mlflow.tracking.fluent.log_metric.__wrapped__
+    assert mlflow.log_metric is not original  # the fast path is installed with the journal
+    shell.run_cell_magic(
+        "track", "fast",
+        "import mlflow, numpy as np\n"
+        "mlflow.log_metric('np', np.float32(0.5), step=np.int64(3))\n"
+        "mlflow.log_metric('arr', np.array([2.0]))\n"
+        "mlflow.log_metric('when', 1.0, timestamp=1234)\n"
+        "ops = mlflow.log_metric('async', 4.0, synchronous=False)\n"
+        "ops.wait()\n"
+        "try:\n    mlflow.log_metric('bad$name', 1.0)\nexcept mlflow.exceptions.MlflowException as e:\n    refused = e\n"
+        "try:\n    mlflow.log_metric('word', 'high')\nexcept mlflow.exceptions.MlflowException as e:\n    refused_bool = e\n",
+    )
+    for name in ("refused", "refused_bool"):
+        assert shell.user_ns[name].error_code == "INVALID_PARAMETER_VALUE"
+    run_id = linked.last_run.run_id
+    assert linked.journal.flush(timeout=60)
+    client = mlflow_server.client()
+    assert _history(client, run_id, "np") == [(3, 0.5)]
+    assert _history(client, run_id, "arr") == [(0, 2.0)]
+    assert [m.timestamp for m in client.get_metric_history(run_id, "when")] == [1234]
+    assert set(client.get_run(run_id).data.metrics) == {"np", "arr", "when", "async"}  # nothing refused was queued
+    assert linked.journal.failures() == []
+    shell.run_line_magic("unload_ext", "dbxml_magics")
+    assert mlflow.log_metric is original and mlflow.tracking.fluent.log_metric is original
+
+
 def test_rejected_rows_fail_alone_and_are_reported(linked, shell, capsys, mlflow_server):
     """Rows the store refuses (here: a param changed behind the journal's back by another
     client) are marked failed and shown by %aml_sync; the other rows still arrive."""

@@ -75,11 +75,11 @@ def _fast_log_metric(journal, original, fluent):
         # The conversions of fluent.log_metric and TrackingServiceClient.log_metric, in order.
         timestamp = timestamp or get_current_time_millis()
         step = step or 0
-        if type(value) is not float and type(value) is not int:
-            value = convert_metric_value_to_float_if_possible(value)  # identity on float and int
+        if type(value) is not float:
+            value = convert_metric_value_to_float_if_possible(value)  # identity on a float
         # MLflow's check, skipped only where its outcome is known: a name it accepted, and
         # values of the exact types it accepts.
-        if not (key in valid_keys and type(value) in (float, int) and type(step) is int
+        if not (key in valid_keys and type(value) is float and type(step) is int
                 and type(timestamp) is int and timestamp >= 0):
             _validate_metric(key, value, timestamp, step)
             if len(valid_keys) < 10_000:

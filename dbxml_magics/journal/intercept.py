@@ -10,11 +10,15 @@ MLflow builds stores under a non-reentrant lock: the wrapper calls the inner bui
 `get_store`, or it deadlocks.
 """
 
+import email.utils
+import functools
 import os
+import threading
+import time
 
 from ..stores import prepare_sqlite_store
 
-__all__ = ["JournaledStore", "install", "uninstall", "completed", "validate_metric"]
+__all__ = ["JournaledStore", "install", "uninstall", "completed", "validate_metric", "take_retry_after", "shipping_thread"]
 
 # MLflow's default HTTP retries wait minutes on a dead server; the journal retries by
 # itself, so a down store costs seconds. A user's own setting wins.
@@ -38,6 +42,7 @@ def install(journal) -> dict[str, str]:
         if not isinstance(builder, _JournaledBuilder):
             registry._registry[scheme] = _JournaledBuilder(builder, journal)
     registry._get_store_with_resolved_uri.cache_clear()
+    _record_retry_after(True)
     env = {k: v for k, v in _HTTP_DEFAULTS.items() if k not in os.environ}
     os.environ.update(env)
     return env
@@ -49,6 +54,7 @@ def uninstall(journal, env: dict[str, str]) -> None:
         if isinstance(builder, _JournaledBuilder) and builder.journal is journal:
             registry._registry[scheme] = builder.inner
     registry._get_store_with_resolved_uri.cache_clear()
+    _record_retry_after(False)
     for key, value in env.items():
         if os.environ.get(key) == value:
             del os.environ[key]
@@ -98,6 +104,77 @@ def validate_batch(metrics, params, tags) -> tuple[list, list, list]:
     validation._validate_batch_log_limits(metrics, params, tags)
     validation._validate_param_keys_unique(params)
     return metrics, params, tags
+
+
+# ---------------------------------------------------------------------- Retry-After
+# MLflow turns a refused response into an exception without its headers (and once its own
+# retries are spent, urllib3 raises without the response at all), so a server's Retry-After
+# (429, 503) would never reach the shippers' backoff. The function MLflow's REST calls go
+# through is wrapped: on a shipper's thread it asks for the last response instead of
+# urllib3's error (MLflow then raises its usual exception from that response) and notes the
+# header for that thread. Other threads' requests are untouched.
+_RETRY_STATUSES = (429, 503)
+_retry_after = threading.local()
+
+
+def shipping_thread() -> None:
+    """Mark the calling thread as a shipper: its refused requests tell it when to come back."""
+    _retry_after.shipping = True
+
+
+def take_retry_after() -> float | None:
+    """Seconds the last refused request of this thread was told to wait (then forgotten)."""
+    seconds = getattr(_retry_after, "seconds", None)
+    _retry_after.seconds = None
+    return seconds
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header: delay-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _record_retry_after(on: bool) -> None:
+    from mlflow.utils import rest_utils
+
+    current = getattr(rest_utils, "_get_http_response_with_retries", None)
+    if current is None:
+        return  # an MLflow without that function: the shippers' own backoff applies
+    ours = getattr(current, "_dbxml_retry_after", False)
+    if on and not ours:
+        rest_utils._get_http_response_with_retries = _noting_retry_after(current)
+    elif not on and ours:
+        rest_utils._get_http_response_with_retries = current.__wrapped__
+
+
+def _noting_retry_after(send):
+    @functools.wraps(send)
+    def request(*args, **kwargs):
+        if not getattr(_retry_after, "shipping", False):
+            return send(*args, **kwargs)
+        # raise_on_status is the seventh parameter; MLflow passes it by position.
+        if len(args) > 6:
+            args = (*args[:6], False, *args[7:])
+        else:
+            kwargs["raise_on_status"] = False
+        response = send(*args, **kwargs)
+        if getattr(response, "status_code", None) in _RETRY_STATUSES:
+            _retry_after.seconds = parse_retry_after(response.headers.get("Retry-After"))
+        return response
+
+    request._dbxml_retry_after = True
+    return request
 
 
 class _JournaledBuilder:

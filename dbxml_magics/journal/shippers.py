@@ -14,6 +14,7 @@ import time
 
 from ..masking import first_line
 from .delivery import Transient, batch_limits, deliver
+from .intercept import shipping_thread, take_retry_after
 
 __all__ = ["Shipper", "TargetStatus", "is_transient", "plan"]
 
@@ -36,7 +37,8 @@ class TargetStatus:
         self.last_sync: float | None = None
         self.last_error: str | None = None
         self.attempts = 0
-        self.next_try = 0.0
+        self.next_try = 0.0  # backoff: a forced flush may try sooner
+        self.not_before = 0.0  # the store's own Retry-After: nothing tries sooner
 
     def as_dict(self) -> dict:
         return {
@@ -136,6 +138,7 @@ class Shipper:
         return self.thread.is_alive()
 
     def _run(self) -> None:
+        shipping_thread()
         try:
             while not self.stopping.is_set():
                 self.wake.wait(self.journal.settings.flush_interval)
@@ -155,7 +158,8 @@ class Shipper:
         with self.lock:
             status = journal.status_of(self.key)
             changed = False
-            if force or time.time() >= status.next_try:
+            now = time.time()
+            if (force or now >= status.next_try) and now >= status.not_before:
                 try:
                     changed = self._pass(status)
                     if changed:
@@ -173,6 +177,7 @@ class Shipper:
         if not rows:
             return False
         self._refused = False
+        take_retry_after()  # an answer to an earlier pass says nothing about this one
         try:
             for group in plan(rows):
                 if self.stopping.is_set():
@@ -186,6 +191,11 @@ class Shipper:
             status.last_error = one_line(backoff.__cause__)
             status.attempts += 1
             delay = min(self.journal.settings.retry_max_delay, 0.5 * 2 ** min(status.attempts, 10))
+            told = take_retry_after()
+            if told is not None:
+                # The store said when to come back (429/503 Retry-After): no sooner, even forced.
+                status.not_before = time.time() + told
+                delay = max(delay, told)
             status.next_try = time.time() + delay
             return True
         status.attempts = 0
