@@ -69,12 +69,12 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"[:300]
 
 
-def plan(rows: list) -> list[list]:
+def plan(rows: list, limits: tuple[int, int, int]) -> list[list]:
     """Rows of one pass as groups in the order to send them: per run, in row order, each
     group one request. Batch rows of one run merge even when other runs' rows sit between
     them; a row that would change a param already in its group starts a new group, so the
     store sees (and refuses) the change instead of the merge hiding it."""
-    max_metrics, max_params_tags, _ = batch_limits()
+    max_metrics, max_params_tags, _ = limits
     per_run: dict[str, list[list]] = {}
     sizes: dict[int, list] = {}
     for row in rows:
@@ -179,7 +179,8 @@ class Shipper:
         self._refused = False
         take_retry_after()  # an answer to an earlier pass says nothing about this one
         try:
-            for group in plan(rows):
+            target = self.journal.targets.get(self.key)
+            for group in plan(rows, batch_limits(target.kind if target is not None else None)):
                 if self.stopping.is_set():
                     break
                 failure = outbox.run_failure(self.key, group[0][1])
