@@ -30,10 +30,8 @@ def install(journal) -> None:
     from mlflow.tracking import fluent
 
     original = fluent.log_metric
-    if getattr(original, "__wrapped__", None) is not None:
-        return  # already ours (another journal's) or someone else's wrapper: leave it
-    if list(inspect.signature(original).parameters) != _SIGNATURE:
-        return
+    if hasattr(original, "_dbxml_journal") or list(inspect.signature(original).parameters) != _SIGNATURE:
+        return  # another journal's fast path is still there, or an MLflow this was not written for
     fast = _fast_log_metric(journal, original, fluent)
     fluent.log_metric = fast
     if mlflow.log_metric is original:
