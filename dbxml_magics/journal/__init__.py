@@ -319,6 +319,10 @@ class Journal:
     def pending(self, run_id: str | None = None, key: str | None = None) -> int:
         return self.outbox.pending(run_id, key)
 
+    def waiting_since(self, key: str) -> float | None:
+        """When the oldest row still pending for store `key` was written (None: none is)."""
+        return self.outbox.oldest_pending(key)
+
     def oldest_waiting(self) -> float | None:
         """The time the oldest row not yet accepted by its store was written (None: none waits)."""
         return self.outbox.oldest_waiting()

@@ -322,6 +322,11 @@ class Outbox:
             args.append(target)
         return self.db().execute(query, args).fetchone()[0]
 
+    def oldest_pending(self, target: str) -> float | None:
+        return self.db().execute(
+            "SELECT MIN(created) FROM entries WHERE target=? AND state='pending'", (target,)
+        ).fetchone()[0]
+
     def oldest_waiting(self) -> float | None:
         """When the oldest row still waiting (pending or failed) was written, or None."""
         return self.db().execute("SELECT MIN(created) FROM entries WHERE state IN ('pending', 'failed')").fetchone()[0]
