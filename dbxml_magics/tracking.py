@@ -304,9 +304,12 @@ def _settle(session: Session, run_id: str) -> None:
     primary = session.link.primary.display
     error = next((s["last_error"] for s in journal.status() if s["target"] == primary), None)
     previous = session.runs[-2] if len(session.runs) > 1 else None
-    if not error and previous is not None and journal.owns(previous.run_id):
-        # Back-pressure: a cell does not wait for its own run but for the one before it, so the
-        # backlog stays about one cell long and a kernel's exit can ship it in time.
+    waiting_since = journal.waiting_since(primary)
+    behind = waiting_since is not None and time.time() - waiting_since > session.settings.shutdown_flush_timeout
+    if not error and behind and previous is not None and journal.owns(previous.run_id):
+        # Back-pressure: a cell never waits for its own run, and waits for the one before it
+        # only once the shipper has fallen behind (a write older than a kernel exit's flush
+        # still unsent), so the backlog stays about what an exit can ship in time.
         journal.flush(previous.run_id, primary_only=True)
     if error:
         print(

@@ -11,6 +11,7 @@ client between "the store has it" and "the client knows".
 import http.client
 import json
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -27,6 +28,7 @@ class CountingProxy:
         self.params: Counter = Counter()  # (run_id, key, value)
         self.tags: Counter = Counter()  # (run_id, key, value)
         self.requests: Counter = Counter()  # endpoint -> requests that reached the server
+        self.seen: list[tuple[float, str, str]] = []  # (time.monotonic(), method, path) of every request
         self.refused: Counter = Counter()  # status -> requests refused by `fault`
         self.batches: list[dict] = []  # bodies of log-batch requests that reached the server
         self.fault: Callable[[str], tuple[int, dict] | None] | None = None
@@ -112,6 +114,8 @@ class CountingProxy:
         length = int(handler.headers.get("Content-Length") or 0)
         data = handler.rfile.read(length) if length else b""
         path = handler.path
+        with self._lock:
+            self.seen.append((time.monotonic(), handler.command, path.split("?")[0]))
         endpoint = next((w for w in _WRITES if w in path), None)
         if endpoint is not None and self.fault is not None:
             refusal = self.fault(endpoint)

@@ -96,6 +96,24 @@ def test_both_mode_mirrors_runs_and_survives_mirror_outage(ext, shell, mlflow_se
     assert len(mirror_client.search_runs([mirror.info.experiment_id])) == 1
 
 
+def test_both_mode_logged_models_stay_on_the_primary_and_block_nothing(ext, shell, mlflow_server, own_server):
+    """MLflow 3 logged models are created on the primary only; a point linked to one reaches
+    the mirror as a plain run metric, and nothing of the run is refused there."""
+    shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
+    shell.run_line_magic("aml_link", f"--uri {own_server.uri} --mode both")
+    shell.run_cell_magic(
+        "track", "models",
+        "import mlflow\nmodel = mlflow.initialize_logged_model(name='m')\n"
+        "mlflow.log_metric('acc', 0.9, model_id=model.model_id)\nmlflow.log_metric('loss', 0.1)\n",
+    )
+    run_id, model_id = ext.last_run.run_id, shell.user_ns["model"].model_id
+    assert ext.journal.flush(timeout=60)
+    assert ext.journal.failures() == []
+    mirror = own_server.client().get_run(ext.journal.mirror_run_id(run_id))
+    assert mirror.data.metrics == {"acc": 0.9, "loss": 0.1}
+    assert [m.key for m in mlflow_server.client().get_logged_model(model_id).metrics] == ["acc"]
+
+
 def test_killed_kernel_is_replayed_by_next_session(shell, own_server, tmp_path):
     """A kernel dies after its cell queued everything but before any flush."""
     script = textwrap.dedent(
@@ -151,6 +169,37 @@ def test_changing_a_param_fails_at_once_like_mlflow(linked, shell, mlflow_server
     assert run.info.status == "FAILED"
     assert run.data.params == {"p": "1"}
     assert run.data.metrics == {"ok": 1.0}
+
+
+def test_log_metric_fast_path_keeps_mlflow_semantics(linked, shell, mlflow_server):
+    """mlflow.log_metric on a journaled run skips MLflow's per-call overhead, not its rules:
+    the same conversions (numpy values, step and timestamp defaults), the same validation
+    error at the call, the same return value; MLflow's own function comes back on unload."""
+    original = mlflow.tracking.fluent.log_metric.__wrapped__
+    assert mlflow.log_metric is not original  # the fast path is installed with the journal
+    shell.run_cell_magic(
+        "track", "fast",
+        "import mlflow, numpy as np\n"
+        "mlflow.log_metric('np', np.float32(0.5), step=np.int64(3))\n"
+        "mlflow.log_metric('arr', np.array([2.0]))\n"
+        "mlflow.log_metric('when', 1.0, timestamp=1234)\n"
+        "ops = mlflow.log_metric('async', 4.0, synchronous=False)\n"
+        "ops.wait()\n"
+        "try:\n    mlflow.log_metric('bad$name', 1.0)\nexcept mlflow.exceptions.MlflowException as e:\n    refused = e\n"
+        "try:\n    mlflow.log_metric('word', 'high')\nexcept mlflow.exceptions.MlflowException as e:\n    refused_bool = e\n",
+    )
+    for name in ("refused", "refused_bool"):
+        assert shell.user_ns[name].error_code == "INVALID_PARAMETER_VALUE"
+    run_id = linked.last_run.run_id
+    assert linked.journal.flush(timeout=60)
+    client = mlflow_server.client()
+    assert _history(client, run_id, "np") == [(3, 0.5)]
+    assert _history(client, run_id, "arr") == [(0, 2.0)]
+    assert [m.timestamp for m in client.get_metric_history(run_id, "when")] == [1234]
+    assert set(client.get_run(run_id).data.metrics) == {"np", "arr", "when", "async"}  # nothing refused was queued
+    assert linked.journal.failures() == []
+    shell.run_line_magic("unload_ext", "dbxml_magics")
+    assert mlflow.log_metric is original and mlflow.tracking.fluent.log_metric is original
 
 
 def test_rejected_rows_fail_alone_and_are_reported(linked, shell, capsys, mlflow_server):
@@ -210,3 +259,18 @@ def test_a_run_on_a_store_that_is_not_a_target_gets_a_shipper(linked, shell, cap
     run = own_server.client().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert _history(own_server.client(), run_id, "m") == [(i, float(i)) for i in range(50)]
+
+
+def test_batches_follow_each_kind_of_stores_limits():
+    """Azure ML refuses log-batch requests above 200 metrics: its rows are grouped smaller
+    than an MLflow server's (1000), and one row never splits across groups."""
+    import json
+
+    from dbxml_magics.journal.delivery import batch_limits
+    from dbxml_magics.journal.shippers import plan
+
+    point = json.dumps({"metrics": [["x", 1.0, 0, 0]], "params": [], "tags": []})
+    rows = [(i, "run", "batch", point, 0.0) for i in range(1000)]
+    assert batch_limits("uri") == (1000, 100, 1000)
+    assert [len(g) for g in plan(rows, batch_limits("uri"))] == [1000]
+    assert [len(g) for g in plan(rows, batch_limits("aml"))] == [200] * 5

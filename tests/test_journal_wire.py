@@ -5,6 +5,7 @@ show a resend). Each point must cross once per store: in a normal cell, through 
 folder that holds a dead kernel's rows; and after SIGKILLs during shipping, every point is
 present and resends are confined to the batch in flight at each kill."""
 
+import email.utils
 import itertools
 import os
 import signal
@@ -75,6 +76,33 @@ def test_each_point_once_through_a_storm_of_429_and_503(ext, shell, proxy):
     assert proxy.refused[429] > 0 and proxy.refused[503] > 0
     _once_each(proxy, run_id, 2000)
     assert ext.journal.failures() == []
+
+
+@pytest.mark.parametrize("status, when", [(429, "seconds"), (503, "date")])
+def test_retry_after_is_honoured(ext, shell, proxy, monkeypatch, status, when):
+    # No retries inside MLflow's HTTP layer (it sleeps on Retry-After by itself): what is
+    # measured is the journal's own backoff, which alone would retry after at most 1 s.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    shell.run_line_magic("config", "DbxmlMagics.retry_max_delay = 1")
+    shell.run_line_magic("config", "DbxmlMagics.flush_interval = 0.2")
+    shell.run_line_magic("aml_link", f"--uri {proxy.uri}")
+    refusals = iter([1])
+
+    def throttle(endpoint):
+        if endpoint != "runs/log-batch" or next(refusals, None) is None:
+            return None
+        value = "2" if when == "seconds" else email.utils.formatdate(time.time() + 3, usegmt=True)
+        return status, {"Retry-After": value}
+
+    proxy.fault = throttle
+    shell.run_cell_magic("track", "throttled", CELL)
+    run_id = ext.last_run.run_id
+    assert ext.journal.flush(timeout=60)  # forced retries every 0.5 s: Retry-After still wins
+    attempts = [t for t, method, path in proxy.seen if path.endswith("runs/log-batch")]
+    assert proxy.refused[status] == 1 and len(attempts) >= 2, attempts
+    # An HTTP date has one-second resolution: 3 s ahead is at least 2 s ahead.
+    assert attempts[1] - attempts[0] >= 1.9, attempts
+    _once_each(proxy, run_id, 300)
 
 
 def test_each_point_once_across_reload_during_a_slow_flush(ext, shell, proxy):

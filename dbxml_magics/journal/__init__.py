@@ -30,10 +30,10 @@ from typing import Callable
 from ..masking import mask_uri
 from ..stores import prepare_sqlite_store, raw_store_builder
 from ..targets import Link, Target
-from . import intercept
+from . import fastpath, intercept
 from .delivery import SOURCE_RUN_TAG, entities_to_text, metric_to_list, register_kind
 from .intercept import JournaledStore, _JournaledBuilder  # noqa: F401 - _JournaledBuilder: tests look for wrappers
-from .outbox import Outbox, new_owner
+from .outbox import Outbox, new_owner, to_json
 from .shippers import Shipper, TargetStatus
 
 __all__ = ["Journal", "JournaledStore", "TargetStatus", "SOURCE_RUN_TAG", "register_kind"]
@@ -144,9 +144,11 @@ class Journal:
         """Wrap MLflow's store builders so that writes of adopted runs reach the journal."""
         if self._env is None and not self._closed:
             self._env = intercept.install(self)
+            fastpath.install(self)
 
     def uninstall(self) -> None:
         if self._env is not None:
+            fastpath.uninstall(self)
             intercept.uninstall(self, self._env)
             self._env = None
 
@@ -203,9 +205,27 @@ class Journal:
         keys = self._owned[run_id]
         keys = keys[:1] if primary_only else keys[1:] if mirror_only else keys
         if keys:
-            self.outbox.append(keys, run_id, kind, payload)
+            self.outbox.append(keys, run_id, kind, to_json(payload))
         if kind != "batch":
             self._wake()
+
+    def log_metric(self, run_id: str, key: str, value, timestamp: int, step: int, model_id=None,
+                   dataset_name=None, dataset_digest=None) -> None:
+        """One point of an owned run (already validated): the hot path, one INSERT and two dict
+        updates. Shippers are not woken: points wait for the next pass and ship as one batch."""
+        latest = self._latest_metrics.get(run_id)
+        if latest is None:
+            latest = self._latest_metrics[run_id] = {}
+        latest[key] = value
+        live = self._live_points.get(run_id)
+        if live is None:
+            live = self._live_points[run_id] = {}
+        points = live.get(key)
+        if points is None:
+            points = live[key] = []
+        points.append((step, value))
+        text = to_json([key, value, timestamp, step, model_id, dataset_name, dataset_digest])
+        self.outbox.append(self._owned[run_id], run_id, "batch", f'{{"metrics": [{text}], "params": [], "tags": []}}')
 
     def log_batch(self, run_id, metrics=(), params=(), tags=()) -> None:
         if params:
@@ -298,6 +318,10 @@ class Journal:
 
     def pending(self, run_id: str | None = None, key: str | None = None) -> int:
         return self.outbox.pending(run_id, key)
+
+    def waiting_since(self, key: str) -> float | None:
+        """When the oldest row still pending for store `key` was written (None: none is)."""
+        return self.outbox.oldest_pending(key)
 
     def oldest_waiting(self) -> float | None:
         """The time the oldest row not yet accepted by its store was written (None: none waits)."""

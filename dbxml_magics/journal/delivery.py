@@ -49,7 +49,10 @@ def deliver(journal, key: str, rows: list) -> None:
     if remote_id is None:
         raise Transient("the mirror run is not created yet")
     if kind == "batch":
-        _log_batch(store, remote_id, rows)
+        # A mirror has none of the primary's logged models: points linked to one (model_id)
+        # reach it as plain run metrics instead of being refused.
+        mirror = journal.primary_key(run_key) != key
+        _log_batch(store, remote_id, rows, batch_limits(journal.targets[key].kind), mirror)
         return
     payload = json.loads(rows[0][3])
     if kind in _SIMPLE:
@@ -65,23 +68,33 @@ def deliver(journal, key: str, rows: list) -> None:
 
 
 # ---------------------------------------------------------------------- batches
-def batch_limits() -> tuple[int, int, int]:
-    """MLflow's per-request limits: metrics, params or tags, entities."""
+# Per-request limits of log_batch per kind of store: (metrics, params or tags each, entities).
+# MLflow's own (1000, 100, 1000) hold for MLflow servers, the embedded store and Databricks.
+# Azure ML's endpoint has been seen refusing more than 200 metrics per request (mlflow#2441):
+# it gets batches of at most 200 entities.
+_BATCH_LIMITS = {"aml": (200, 100, 200)}
+
+
+def batch_limits(kind: str | None = None) -> tuple[int, int, int]:
+    """The log_batch limits of a kind of store: metrics, params or tags, entities per request."""
     from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
-    return MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_ENTITIES_PER_BATCH
+    mlflow_limits = (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MAX_ENTITIES_PER_BATCH)
+    return tuple(min(a, b) for a, b in zip(_BATCH_LIMITS.get(kind, mlflow_limits), mlflow_limits))
 
 
-def _log_batch(store, remote_id: str, rows: list) -> None:
+def _log_batch(store, remote_id: str, rows: list, limits: tuple[int, int, int], unlink_models: bool = False) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
-    max_metrics, max_params_tags, max_entities = batch_limits()
+    max_metrics, max_params_tags, max_entities = limits
     metrics, params, tags = [], {}, {}
     for row in rows:
         payload = json.loads(row[3])
         metrics.extend(payload["metrics"])
         params.update(dict(payload["params"]))
         tags.update(dict(payload["tags"]))
+    if unlink_models:
+        metrics = [m[:4] for m in metrics]
     metric_objs = [_list_to_metric(m, Metric) for m in metrics]
     param_objs = [Param(k, v) for k, v in params.items()]
     tag_objs = [RunTag(k, v) for k, v in tags.items()]

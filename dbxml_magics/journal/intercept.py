@@ -10,11 +10,15 @@ MLflow builds stores under a non-reentrant lock: the wrapper calls the inner bui
 `get_store`, or it deadlocks.
 """
 
+import email.utils
+import functools
 import os
+import threading
+import time
 
 from ..stores import prepare_sqlite_store
 
-__all__ = ["JournaledStore", "install", "uninstall"]
+__all__ = ["JournaledStore", "install", "uninstall", "completed", "validate_metric", "take_retry_after", "shipping_thread"]
 
 # MLflow's default HTTP retries wait minutes on a dead server; the journal retries by
 # itself, so a down store costs seconds. A user's own setting wins.
@@ -38,6 +42,7 @@ def install(journal) -> dict[str, str]:
         if not isinstance(builder, _JournaledBuilder):
             registry._registry[scheme] = _JournaledBuilder(builder, journal)
     registry._get_store_with_resolved_uri.cache_clear()
+    _record_retry_after(True)
     env = {k: v for k, v in _HTTP_DEFAULTS.items() if k not in os.environ}
     os.environ.update(env)
     return env
@@ -49,9 +54,127 @@ def uninstall(journal, env: dict[str, str]) -> None:
         if isinstance(builder, _JournaledBuilder) and builder.journal is journal:
             registry._registry[scheme] = builder.inner
     registry._get_store_with_resolved_uri.cache_clear()
+    _record_retry_after(False)
     for key, value in env.items():
         if os.environ.get(key) == value:
             del os.environ[key]
+
+
+def completed():
+    """What an asynchronous write returns: the journal already holds it."""
+    from concurrent.futures import Future
+
+    from mlflow.utils.async_logging.run_operations import RunOperations
+
+    future = Future()
+    future.set_result(None)
+    return RunOperations([future])
+
+
+def validate_metric(key, value, timestamp, step) -> None:
+    """MLflow's own check of a metric, as every store applies it."""
+    from mlflow.utils.validation import _validate_metric
+
+    _validate_metric(key, value, timestamp, step)
+
+
+def validate_param(key, value):
+    from mlflow.utils.validation import _validate_param
+
+    return _validate_param(key, value)
+
+
+def validate_tag(key, value):
+    from mlflow.utils.validation import _validate_tag
+
+    return _validate_tag(key, value)
+
+
+def _validated(check, entity):
+    """MLflow 3's checks return the entity as stored (long values truncated); 2.x's return None."""
+    return check(entity.key, entity.value) or entity
+
+
+def validate_batch(metrics, params, tags) -> tuple[list, list, list]:
+    """MLflow's checks of a log_batch call, as its SQL store and server apply them."""
+    from mlflow.utils import validation
+
+    checked = validation._validate_batch_log_data(metrics, params, tags)
+    metrics, params, tags = checked if checked is not None else (metrics, params, tags)
+    validation._validate_batch_log_limits(metrics, params, tags)
+    validation._validate_param_keys_unique(params)
+    return metrics, params, tags
+
+
+# ---------------------------------------------------------------------- Retry-After
+# MLflow turns a refused response into an exception without its headers (and once its own
+# retries are spent, urllib3 raises without the response at all), so a server's Retry-After
+# (429, 503) would never reach the shippers' backoff. The function MLflow's REST calls go
+# through is wrapped: on a shipper's thread it asks for the last response instead of
+# urllib3's error (MLflow then raises its usual exception from that response) and notes the
+# header for that thread. Other threads' requests are untouched.
+_RETRY_STATUSES = (429, 503)
+_retry_after = threading.local()
+
+
+def shipping_thread() -> None:
+    """Mark the calling thread as a shipper: its refused requests tell it when to come back."""
+    _retry_after.shipping = True
+
+
+def take_retry_after() -> float | None:
+    """Seconds the last refused request of this thread was told to wait (then forgotten)."""
+    seconds = getattr(_retry_after, "seconds", None)
+    _retry_after.seconds = None
+    return seconds
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header: delay-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _record_retry_after(on: bool) -> None:
+    from mlflow.utils import rest_utils
+
+    current = getattr(rest_utils, "_get_http_response_with_retries", None)
+    if current is None:
+        return  # an MLflow without that function: the shippers' own backoff applies
+    ours = getattr(current, "_dbxml_retry_after", False)
+    if on and not ours:
+        rest_utils._get_http_response_with_retries = _noting_retry_after(current)
+    elif not on and ours:
+        rest_utils._get_http_response_with_retries = current.__wrapped__
+
+
+def _noting_retry_after(send):
+    @functools.wraps(send)
+    def request(*args, **kwargs):
+        if not getattr(_retry_after, "shipping", False):
+            return send(*args, **kwargs)
+        # raise_on_status is the seventh parameter; MLflow passes it by position.
+        if len(args) > 6:
+            args = (*args[:6], False, *args[7:])
+        else:
+            kwargs["raise_on_status"] = False
+        response = send(*args, **kwargs)
+        if getattr(response, "status_code", None) in _RETRY_STATUSES:
+            _retry_after.seconds = parse_retry_after(response.headers.get("Retry-After"))
+        return response
+
+    request._dbxml_retry_after = True
+    return request
 
 
 class _JournaledBuilder:
@@ -99,26 +222,31 @@ class JournaledStore:
         except Exception:  # noqa: BLE001 - the name only names the mirror's experiment
             return None
 
-    # -- writes
+    # -- writes: validated here as the store would, so a bad name or value fails at the call,
+    # not later on the shipper
     def log_metric(self, run_id, metric):
         if not self._owned(run_id):
             return self._inner.log_metric(run_id, metric)
-        self._journal.log_batch(run_id, metrics=[metric])
+        validate_metric(metric.key, metric.value, metric.timestamp, metric.step)
+        self._journal.log_metric(
+            run_id, metric.key, metric.value, metric.timestamp, metric.step, getattr(metric, "model_id", None),
+            getattr(metric, "dataset_name", None), getattr(metric, "dataset_digest", None),
+        )
 
     def log_param(self, run_id, param):
         if not self._owned(run_id):
             return self._inner.log_param(run_id, param)
-        self._journal.log_batch(run_id, params=[param])
+        self._journal.log_batch(run_id, params=[_validated(validate_param, param)])
 
     def set_tag(self, run_id, tag):
         if not self._owned(run_id):
             return self._inner.set_tag(run_id, tag)
-        self._journal.log_batch(run_id, tags=[tag])
+        self._journal.log_batch(run_id, tags=[_validated(validate_tag, tag)])
 
     def log_batch(self, run_id, metrics, params, tags):
         if not self._owned(run_id):
             return self._inner.log_batch(run_id, metrics, params, tags)
-        self._journal.log_batch(run_id, metrics, params, tags)
+        self._journal.log_batch(run_id, *validate_batch(metrics, params, tags))
 
     def delete_tag(self, run_id, key):
         if not self._owned(run_id):
@@ -161,14 +289,8 @@ class JournaledStore:
     def _done(self, method, run_id, *args):
         if not self._owned(run_id):
             return getattr(self._inner, method.__name__ + "_async")(run_id, *args)
-        from concurrent.futures import Future
-
-        from mlflow.utils.async_logging.run_operations import RunOperations
-
         method(run_id, *args)
-        future = Future()
-        future.set_result(None)
-        return RunOperations([future])
+        return completed()
 
     # -- reads of an adopted run see its queued writes first
     def get_run(self, run_id):

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from ..errors import JournalError
 
-__all__ = ["Outbox", "Row", "new_owner"]
+__all__ = ["Outbox", "Row", "new_owner", "to_json"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     target TEXT NOT NULL,
     run_key TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -40,7 +40,6 @@ CREATE TABLE IF NOT EXISTS entries (
     claimed_by TEXT,
     lease_until REAL
 );
-CREATE INDEX IF NOT EXISTS entries_by_target ON entries(target, state, id);
 CREATE TABLE IF NOT EXISTS runs (
     target TEXT NOT NULL,
     run_key TEXT NOT NULL,
@@ -58,6 +57,26 @@ CREATE TABLE IF NOT EXISTS targets (
 """
 # Columns added after the first release; an older outbox gains them on open.
 _ADDED_COLUMNS = {"entries": ("claimed_by TEXT", "lease_until REAL"), "runs": ("failed TEXT",)}
+# No secondary index on entries: each one is one more page written by every commit, and the
+# hot path is one commit per metric point. The table holds only rows not yet shipped, so the
+# shippers' scans in id order stay short. An older outbox loses its index on open.
+_DROPPED = "DROP INDEX IF EXISTS entries_by_target"
+
+
+_APPEND_SQL: dict[int, str] = {}
+
+
+def to_json(payload) -> str:
+    """A row's payload as JSON; numpy numbers (valid metric values and steps for MLflow,
+    unknown to json) become plain ones."""
+    return json.dumps(payload, default=_plain_number)
+
+
+def _plain_number(value):
+    item = getattr(value, "item", None)
+    if item is None:
+        raise TypeError(f"{type(value).__name__} cannot be written to the journal")
+    return item()
 
 
 def new_owner() -> str:
@@ -66,7 +85,11 @@ def new_owner() -> str:
 
 
 class Row(tuple):
-    """(id, run_key, kind, payload) of one claimed row; payload is decoded on demand."""
+    """(id, run_key, kind, payload, created) of one claimed row; payload is decoded on demand.
+
+    Ids are SQLite rowids (no AUTOINCREMENT: that is one more page per commit), so once the
+    newest rows are deleted an id can come back for a new row; `created` tells them apart
+    wherever a row is acknowledged or failed."""
 
     __slots__ = ()
 
@@ -101,6 +124,7 @@ class Outbox:
                 for column in columns:
                     if column.split()[0] not in have:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            db.execute(_DROPPED)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(
                 f"The journal at {self.path} cannot be opened ({exc}). "
@@ -116,10 +140,17 @@ class Outbox:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=60000")
+            # A writing cell never copies the WAL back into the file (an fsync every 1000
+            # commits, paid by whoever commits the 1000th): shippers do it, see `checkpoint`.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             self._local.conn = conn
             with self._conns_lock:
                 self._conns[threading.current_thread()] = conn
         return conn
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the file without waiting for anyone (after a shipper pass)."""
+        self.db().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close_thread_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -153,22 +184,27 @@ class Outbox:
         db.execute(
             "INSERT INTO entries(target, run_key, kind, payload, created, owner, claimed_by, lease_until) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (target, run_key, kind, json.dumps(payload), now, self.owner, *claim),
+            (target, run_key, kind, to_json(payload), now, self.owner, *claim),
         )
 
-    def append(self, targets: list[str], run_key: str, kind: str, payload: dict) -> None:
-        """Queue one write for several targets in one statement: atomic without BEGIN/COMMIT
-        round trips, which matters on the hot path (one log_metric, one statement)."""
+    def append(self, targets: list[str], run_key: str, kind: str, text: str) -> None:
+        """Queue one write (its payload already JSON) for several targets in one statement:
+        one commit, atomic without BEGIN/COMMIT round trips. This is the hot path (one
+        log_metric, one call): the statement text is cached per number of targets, so SQLite
+        reuses its prepared statement."""
         now = time.time()
         owner, lease_until = (self.owner, now + self.lease) if self.claiming else (None, None)
-        text = json.dumps(payload)
-        values = ",".join("(?, ?, ?, ?, ?, ?, ?, ?)" for _ in targets)
-        args = [v for target in targets for v in (target, run_key, kind, text, now, self.owner, owner, lease_until)]
-        self.db().execute(
-            "INSERT INTO entries(target, run_key, kind, payload, created, owner, claimed_by, lease_until) "
-            f"VALUES {values}",
-            args,
-        )
+        sql = _APPEND_SQL.get(len(targets))
+        if sql is None:
+            values = ",".join("(?, ?, ?, ?, ?, ?, ?, ?)" for _ in targets)
+            sql = _APPEND_SQL[len(targets)] = (
+                f"INSERT INTO entries(target, run_key, kind, payload, created, owner, claimed_by, lease_until) VALUES {values}"
+            )
+        if len(targets) == 1:
+            args = (targets[0], run_key, kind, text, now, self.owner, owner, lease_until)
+        else:
+            args = [v for target in targets for v in (target, run_key, kind, text, now, self.owner, owner, lease_until)]
+        self.db().execute(sql, args)
 
     def set_run(self, db, target: str, run_key: str, remote_id: str | None, experiment: str | None, replace: bool) -> None:
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
@@ -206,7 +242,7 @@ class Outbox:
                 (self.owner, now + self.lease, target, self.owner, now, target, self.owner, now, limit),
             )
             rows = db.execute(
-                "SELECT id, run_key, kind, payload FROM entries WHERE target=? AND state='pending' AND claimed_by=? "
+                "SELECT id, run_key, kind, payload, created FROM entries WHERE target=? AND state='pending' AND claimed_by=? "
                 "ORDER BY id LIMIT ?",
                 (target, self.owner, limit),
             ).fetchall()
@@ -230,18 +266,23 @@ class Outbox:
 
     def release(self, keep: set[int]) -> None:
         """Give up our claims (closing), except rows a shipper is sending right now."""
-        db = self.db()
-        ids = [i for (i,) in db.execute("SELECT id FROM entries WHERE claimed_by=?", (self.owner,)) if i not in keep]
-        db.executemany("UPDATE entries SET claimed_by=NULL, lease_until=NULL WHERE id=?", [(i,) for i in ids])
+        with self.transaction() as db:
+            ids = [i for (i,) in db.execute("SELECT id FROM entries WHERE claimed_by=?", (self.owner,)) if i not in keep]
+            db.executemany("UPDATE entries SET claimed_by=NULL, lease_until=NULL WHERE id=?", [(i,) for i in ids])
 
-    def ack(self, ids: list[int]) -> None:
-        self.db().executemany("DELETE FROM entries WHERE id=?", [(i,) for i in ids])
+    # One transaction per group: in autocommit each statement would be a commit of its own,
+    # holding the write lock the writing cell waits for once per row.
+    def ack(self, rows: list) -> None:
+        """The store accepted these rows: delete them (exactly these, see `Row`)."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM entries WHERE id=? AND created=?", [(r[0], r[4]) for r in rows])
 
-    def fail(self, ids: list[int], error: str) -> None:
-        self.db().executemany(
-            "UPDATE entries SET state='failed', error=?, claimed_by=NULL, lease_until=NULL WHERE id=?",
-            [(error, i) for i in ids],
-        )
+    def fail(self, rows: list, error: str) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE entries SET state='failed', error=?, claimed_by=NULL, lease_until=NULL WHERE id=? AND created=?",
+                [(error, r[0], r[4]) for r in rows],
+            )
 
     # ------------------------------------------------------------------ runs on targets
     def remote_id(self, target: str, run_key: str) -> str | None:
@@ -280,6 +321,11 @@ class Outbox:
             query += " AND target=?"
             args.append(target)
         return self.db().execute(query, args).fetchone()[0]
+
+    def oldest_pending(self, target: str) -> float | None:
+        return self.db().execute(
+            "SELECT MIN(created) FROM entries WHERE target=? AND state='pending'", (target,)
+        ).fetchone()[0]
 
     def oldest_waiting(self) -> float | None:
         """When the oldest row still waiting (pending or failed) was written, or None."""

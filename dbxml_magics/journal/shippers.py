@@ -14,6 +14,7 @@ import time
 
 from ..masking import first_line
 from .delivery import Transient, batch_limits, deliver
+from .intercept import shipping_thread, take_retry_after
 
 __all__ = ["Shipper", "TargetStatus", "is_transient", "plan"]
 
@@ -36,7 +37,8 @@ class TargetStatus:
         self.last_sync: float | None = None
         self.last_error: str | None = None
         self.attempts = 0
-        self.next_try = 0.0
+        self.next_try = 0.0  # backoff: a forced flush may try sooner
+        self.not_before = 0.0  # the store's own Retry-After: nothing tries sooner
 
     def as_dict(self) -> dict:
         return {
@@ -67,12 +69,12 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"[:300]
 
 
-def plan(rows: list) -> list[list]:
+def plan(rows: list, limits: tuple[int, int, int]) -> list[list]:
     """Rows of one pass as groups in the order to send them: per run, in row order, each
     group one request. Batch rows of one run merge even when other runs' rows sit between
     them; a row that would change a param already in its group starts a new group, so the
     store sees (and refuses) the change instead of the merge hiding it."""
-    max_metrics, max_params_tags, _ = batch_limits()
+    max_metrics, max_params_tags, _ = limits
     per_run: dict[str, list[list]] = {}
     sizes: dict[int, list] = {}
     for row in rows:
@@ -136,6 +138,7 @@ class Shipper:
         return self.thread.is_alive()
 
     def _run(self) -> None:
+        shipping_thread()
         try:
             while not self.stopping.is_set():
                 self.wake.wait(self.journal.settings.flush_interval)
@@ -155,9 +158,12 @@ class Shipper:
         with self.lock:
             status = journal.status_of(self.key)
             changed = False
-            if force or time.time() >= status.next_try:
+            now = time.time()
+            if (force or now >= status.next_try) and now >= status.not_before:
                 try:
                     changed = self._pass(status)
+                    if changed:
+                        journal.outbox.checkpoint()
                 except Exception as exc:  # noqa: BLE001 - the shipper must survive anything
                     status.last_error = one_line(exc)
                     changed = True
@@ -171,19 +177,26 @@ class Shipper:
         if not rows:
             return False
         self._refused = False
+        take_retry_after()  # an answer to an earlier pass says nothing about this one
         try:
-            for group in plan(rows):
+            target = self.journal.targets.get(self.key)
+            for group in plan(rows, batch_limits(target.kind if target is not None else None)):
                 if self.stopping.is_set():
                     break
                 failure = outbox.run_failure(self.key, group[0][1])
                 if failure is not None:
-                    outbox.fail([row[0] for row in group], failure)
+                    outbox.fail(group, failure)
                     continue
                 self._send(group)
         except _Backoff as backoff:
             status.last_error = one_line(backoff.__cause__)
             status.attempts += 1
             delay = min(self.journal.settings.retry_max_delay, 0.5 * 2 ** min(status.attempts, 10))
+            told = take_retry_after()
+            if told is not None:
+                # The store said when to come back (429/503 Retry-After): no sooner, even forced.
+                status.not_before = time.time() + told
+                delay = max(delay, told)
             status.next_try = time.time() + delay
             return True
         status.attempts = 0
@@ -213,10 +226,10 @@ class Shipper:
             message = one_line(exc)
             self._refused = True
             self.journal.status_of(self.key).last_error = message
-            outbox.fail(ids, message)
+            outbox.fail(group, message)
             if group[0][2] == "create_run":
                 outbox.fail_run(self.key, group[0][1], f"the mirror run could not be created ({message})")
             return
         finally:
             self.in_flight = set()
-        outbox.ack(ids)
+        outbox.ack(group)
