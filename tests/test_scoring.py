@@ -196,6 +196,7 @@ def test_pandas_input_with_column_mapping_filter_output_col_and_result_type(scor
 
     result = shell.user_ns["scored"]
     assert dict(result.dtypes)["label"] == "double"
+    assert result.rdd.getNumPartitions() == 1  # a small frame: one Python worker loads the model, not one per core
     scored = result.toPandas().sort_values("id")
     kept = frame[frame["sepal_length"] > 5.0]
     assert len(scored) == len(kept) == scoring.scorings[-1].rows
