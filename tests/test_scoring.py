@@ -196,11 +196,39 @@ def test_pandas_input_with_column_mapping_filter_output_col_and_result_type(scor
 
     result = shell.user_ns["scored"]
     assert dict(result.dtypes)["label"] == "double"
+    assert result.rdd.getNumPartitions() == 1  # a small frame: one Python worker loads the model, not one per core
     scored = result.toPandas().sort_values("id")
     kept = frame[frame["sepal_length"] > 5.0]
     assert len(scored) == len(kept) == scoring.scorings[-1].rows
     np.testing.assert_array_equal(scored["label"], registry.expected("models:/iris-clf/1", kept).astype(float))
     assert scoring.scorings[-1].input == "DataFrame measurements (150 pandas rows) where a > 5.0"
+
+
+def test_pandas_input_reaches_spark_as_one_arrow_slice_per_core_and_leaves_the_session_conf_alone(
+    scoring, shell, spark, registry
+):
+    # A LocalRelation (rows inside the plan) or one partition per 10,000-row Arrow batch
+    # (one model load each) made a million rows take 16-70 s instead of about 2.
+    frame = pd.concat([_iris()] * 150, ignore_index=True)  # 22,500 rows: three default Arrow batches
+    frame["id"] = range(len(frame))
+    shell.user_ns["many"] = frame
+    keys = [
+        "spark.sql.execution.arrow.pyspark.enabled",
+        "spark.sql.execution.arrow.maxRecordsPerBatch",
+        "spark.sql.execution.arrow.localRelationThreshold",
+    ]
+    before = {key: spark.conf.get(key, None) for key in keys}
+
+    shell.run_line_magic("aml_score", "models:/iris-clf/1 --df many --engine spark --into scored --limit 0")
+
+    result = shell.user_ns["scored"]
+    assert result.rdd.getNumPartitions() == spark.sparkContext.defaultParallelism
+    plan = result._jdf.queryExecution().analyzed().toString()
+    assert "LocalRelation" not in plan, plan
+    assert {key: spark.conf.get(key, None) for key in keys} == before
+    assert scoring.scorings[-1].rows == len(frame)
+    np.testing.assert_array_equal(_scored(shell)["prediction"], registry.expected("models:/iris-clf/1", frame))
+    result.unpersist()
 
 
 def test_spark_dataframe_with_integer_columns_is_cast_to_the_signature_types(scoring, shell, spark, registry):
