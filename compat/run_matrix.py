@@ -61,14 +61,11 @@ CORE_DESELECT = "not connect and not remote"
 CI_TESTS = [
     "tests/test_tracking.py::test_track_logs_params_metrics_source_on_embedded_store",
     "tests/test_tracking.py::test_track_on_real_server",
-    "tests/test_tracking.py::test_autolog_puts_back_the_state_it_found",
-    "tests/test_journal.py::test_server_down_mid_cell_then_replayed_exactly_once",
+    "tests/test_journal.py::test_metrics_reach_server_in_few_requests",
     "tests/test_aml_protocol.py::test_both_mode_mirrors_to_aml_with_mapped_experiment",
-    "tests/test_registry.py::test_alias_tags_description_and_load_back_by_alias_on_server",
     "tests/test_registry.py::test_register_from_run_last_and_from_runs_uri",
     "tests/test_sklearn_families.py",
     "tests/test_scoring.py::test_table_scored_with_registered_name_equals_model_predict",
-    "tests/test_scoring.py::test_kernel_data_is_scored_in_the_kernel_with_the_spark_paths_checks_and_casts",
     "tests/test_panel.py::test_registered_versions_reach_the_row_and_the_open_inspector",
     "tests/test_versions.py",
 ]
@@ -258,7 +255,8 @@ def test(profile: Profile, ci: bool = False) -> str:
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
     selection = CI_TESTS if ci else ["-k", CORE_DESELECT, *CORE_TESTS]
     try:
-        seconds = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection], log, env=env, timeout=1800)
+        seconds = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5", *selection],
+                       log, env=env, timeout=1800)
     finally:
         lines = log.read_text().strip().splitlines()
         print("\n".join(line for line in lines if line.startswith(("FAILED", "ERROR"))), flush=True)

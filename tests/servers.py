@@ -106,3 +106,10 @@ class MlflowServer:
         # MLFLOW_REGISTRY_URI, which MlflowClient would otherwise read (seen in CI: test_secrets
         # searched another test's store and found no model version).
         return ServerClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+
+def model_name(name: str = "model") -> dict[str, str]:
+    """The keyword that names a logged model: `name` since MLflow 3, `artifact_path` on 2.x."""
+    import mlflow
+
+    return {"name" if int(mlflow.__version__.split(".")[0]) >= 3 else "artifact_path": name}

@@ -9,6 +9,7 @@ import mlflow
 import pytest
 from IPython.core.error import UsageError
 
+from servers import model_name
 
 TRAIN = """\
 from sklearn.datasets import load_iris
@@ -163,7 +164,7 @@ def test_model_without_tracked_run_gets_a_new_run(ext, shell, tmp_path):
 
 # ---------------------------------------------------------------------- already logged models
 def test_register_from_run_last_and_from_runs_uri(linked, shell, mlflow_server):
-    shell.run_cell_magic("track", "logged", TRAIN + "import mlflow\nmlflow.sklearn.log_model(clf, name='model')\n")
+    shell.run_cell_magic("track", "logged", TRAIN + f"import mlflow\nmlflow.sklearn.log_model(clf, **{model_name()!r})\n")
     run_id = linked.last_run.run_id
     from_run, from_uri = _unique("from-run"), _unique("from-uri")
     shell.run_line_magic("aml_register", f"{from_run} --run last")
