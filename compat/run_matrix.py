@@ -57,7 +57,7 @@ CORE_DESELECT = "not connect and not remote"
 # What differs between runtimes (MLflow 2.x / 3.x store, client and artifact APIs, Spark 3.5 / 4,
 # Python 3.11-3.13, azureml-mlflow's plugin): tracking on an embedded store and on a server,
 # the journal's shipping and mirror, the AML plugin, registering and loading every sklearn
-# family, scoring on local Spark, the panel's view of a registered run, one mlflow.
+# family, scoring on local Spark, one mlflow.
 CI_TESTS = [
     "tests/test_tracking.py::test_track_logs_params_metrics_source_on_embedded_store",
     "tests/test_tracking.py::test_track_on_real_server",
@@ -66,9 +66,11 @@ CI_TESTS = [
     "tests/test_registry.py::test_register_from_run_last_and_from_runs_uri",
     "tests/test_sklearn_families.py",
     "tests/test_scoring.py::test_table_scored_with_registered_name_equals_model_predict",
-    "tests/test_panel.py::test_registered_versions_reach_the_row_and_the_open_inspector",
     "tests/test_versions.py",
 ]
+# "latest" holds the main suite's releases, which `make test` scores on local Spark already:
+# there CI checks what only its Python (3.13) can change.
+CI_SKIP_ON_LATEST = ("tests/test_scoring.py",)
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
 RUNTIME_KEYS = ("pyspark", "mlflow", "pandas", "numpy", "scikit-learn", "pyarrow")
 
@@ -253,7 +255,11 @@ def test(profile: Profile, ci: bool = False) -> str:
     log.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
-    selection = CI_TESTS if ci else ["-k", CORE_DESELECT, *CORE_TESTS]
+    if ci:
+        skipped = CI_SKIP_ON_LATEST if profile.name == "latest" else ()
+        selection = [t for t in CI_TESTS if not t.startswith(skipped)]
+    else:
+        selection = ["-k", CORE_DESELECT, *CORE_TESTS]
     try:
         seconds = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5", *selection],
                        log, env=env, timeout=1800)

@@ -174,9 +174,13 @@ def test_register_from_run_last_and_from_runs_uri(linked, shell, mlflow_server):
     first = client.get_model_version(from_run, "1")
     second = client.get_model_version_by_alias(from_uri, "prod")
     assert first.run_id == second.run_id == run_id
-    # An MLflow 3 logged model (not in the run's artifacts) is registered as itself.
-    logged = client.get_run(run_id).outputs.model_outputs[0].model_id
-    assert first.source == second.source == f"models:/{logged}"
+    run = client.get_run(run_id)
+    if hasattr(run, "outputs"):
+        # An MLflow 3 logged model (not in the run's artifacts) is registered as itself.
+        assert first.source == second.source == f"models:/{run.outputs.model_outputs[0].model_id}"
+    else:
+        # MLflow 2.x has no logged models: the model is the run's artifact folder.
+        assert first.source == second.source and first.source.endswith(f"{run_id}/artifacts/model")
     model = _load(f"models:/{from_uri}@prod", mlflow_server.uri)
     X = shell.user_ns["X"]
     assert (model.predict(X) == shell.user_ns["clf"].predict(X)).all()
