@@ -266,7 +266,8 @@ def test(profile: Profile, ci: bool = False) -> str:
     finally:
         lines = log.read_text().strip().splitlines()
         print("\n".join(line for line in lines if line.startswith(("FAILED", "ERROR"))), flush=True)
-    summary = lines[-1]
+    # pytest's closing line; an interpreter's noise at exit may follow it
+    summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), lines[-1])
     return f"{profile.name}: {'CI' if ci else 'core'} suite {summary.strip('= ')} ({seconds:.0f} s)"
 
 
