@@ -265,7 +265,9 @@ def test(profile: Profile, ci: bool = False) -> str:
                        log, env=env, timeout=1800)
     finally:
         lines = log.read_text().strip().splitlines()
-        print("\n".join(line for line in lines if line.startswith(("FAILED", "ERROR"))), flush=True)
+        for line in lines:
+            if line.startswith(("FAILED", "ERROR")):
+                print(line, flush=True)
     # pytest's closing line; an interpreter's noise at exit may follow it
     summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), lines[-1])
     return f"{profile.name}: {'CI' if ci else 'core'} suite {summary.strip('= ')} ({seconds:.0f} s)"
