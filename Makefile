@@ -19,8 +19,10 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 # The runtime matrix alone: one environment per compat/*.txt, plain pip, the core suite in each.
+# .ci/run passes COMPAT_ARGS=--ci: uv installs after the plain-pip dry run, the CI tests only.
+COMPAT_ARGS ?=
 compat: $(VENV)/.installed
-	$(PY) compat/run_matrix.py
+	$(PY) compat/run_matrix.py $(COMPAT_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py

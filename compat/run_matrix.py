@@ -1,7 +1,7 @@
 """The runtime matrix: one environment per compat/ profile, the project installed with plain
 pip on top of the runtime's own packages, then the core suite in it.
 
-    python compat/run_matrix.py [PROFILE ...] [--build-only | --test-only] [--jobs N]
+    python compat/run_matrix.py [PROFILE ...] [--build-only | --test-only] [--jobs N] [--ci]
 
 For each profile (`compat/<name>.txt`: `# python:` line, then the runtime's pins):
 1. a virtualenv under `.compat/<name>/` with the runtime's packages (installed with uv when
@@ -12,6 +12,10 @@ For each profile (`compat/<name>.txt`: `# python:` line, then the runtime's pins
    resolved too, and what it would do is printed;
 3. the same install for real, with plain pip, timed;
 4. the core suite (CORE_TESTS) with pytest.
+
+With --ci (what `.ci/run` does, inside its time): step 3 installs with uv instead, after the
+plain-pip dry run of step 2 has proved the plan (the unpinned line is not resolved), and
+step 4 runs CI_TESTS, the tests of what differs between runtimes.
 
 An environment whose profile and project requirements are unchanged is reused (its checks
 passed when it was built). Exit status is non-zero when any step of any profile fails.
@@ -50,6 +54,23 @@ CORE_TESTS = [
     "tests/test_versions.py",
 ]
 CORE_DESELECT = "not connect and not remote"
+# What differs between runtimes (MLflow 2.x / 3.x store, client and artifact APIs, Spark 3.5 / 4,
+# Python 3.11-3.13, azureml-mlflow's plugin): tracking on an embedded store and on a server,
+# the journal's shipping and mirror, the AML plugin, registering and loading every sklearn
+# family, scoring on local Spark, one mlflow.
+CI_TESTS = [
+    "tests/test_tracking.py::test_track_logs_params_metrics_source_on_embedded_store",
+    "tests/test_tracking.py::test_track_on_real_server",
+    "tests/test_journal.py::test_metrics_reach_server_in_few_requests",
+    "tests/test_aml_protocol.py::test_both_mode_mirrors_to_aml_with_mapped_experiment",
+    "tests/test_registry.py::test_register_from_run_last_and_from_runs_uri",
+    "tests/test_sklearn_families.py",
+    "tests/test_scoring.py::test_table_scored_with_registered_name_equals_model_predict",
+    "tests/test_versions.py",
+]
+# "latest" holds the main suite's releases, which `make test` scores on local Spark already:
+# there CI checks what only its Python (3.13) can change.
+CI_SKIP_ON_LATEST = ("tests/test_scoring.py",)
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
 RUNTIME_KEYS = ("pyspark", "mlflow", "pandas", "numpy", "scikit-learn", "pyarrow")
 
@@ -122,6 +143,13 @@ def _stamp(profile: Profile) -> str:
     return digest.hexdigest()
 
 
+def _stamps(profile: Profile, ci: bool) -> list[str]:
+    """Stamps an environment may carry to be reused: one the plain-pip install proved, and for
+    --ci also one installed with uv (which `make compat` then rebuilds with plain pip)."""
+    proved = _stamp(profile)
+    return [proved, f"{proved} uv"] if ci else [proved]
+
+
 class Failed(Exception):
     pass
 
@@ -165,50 +193,84 @@ def _interpreter(version: str) -> str:
     return str(found[-1]) if found else f"python{version}"
 
 
-def build(profile: Profile) -> str:
+def build(profile: Profile, ci: bool = False) -> str:
     home = ENVS / profile.name
     venv, log = home / "venv", home / "build.log"
     stamp_file = home / "stamp"
-    if stamp_file.exists() and stamp_file.read_text() == _stamp(profile):
+    if stamp_file.exists() and stamp_file.read_text() in _stamps(profile, ci):
         return f"{profile.name}: environment reused"
+    started = time.monotonic()
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     python = venv / "bin" / "python"
-    _run([_interpreter(profile.python), "-m", "venv", str(venv)], log)
-    _run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], log)
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    _run([_interpreter(profile.python), "-m", "venv", str(venv)], log)
     runtime = ["-r", str(profile.path)]
     if uv:
-        _run([uv, "pip", "install", "--quiet", "--python", str(python), *runtime], log)
+        _run([uv, "pip", "install", "--quiet", "--python", str(python), "--upgrade-package", "pip", "pip", *runtime], log)
     else:
+        _run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], log)
         _run([str(python), "-m", "pip", "install", "--quiet", *runtime], log)
 
-    unpinned = check_plan(profile, _resolve(profile, python, ["-e", str(ROOT)], log))
+    unpinned = [] if ci else check_plan(profile, _resolve(profile, python, ["-e", str(ROOT)], log))
+    resolving = time.monotonic()
     problems = check_plan(profile, _resolve(profile, python, profile.install_args, log))
+    resolved = time.monotonic() - resolving
     if problems:
         raise Failed(f"{profile.name}: `pip install` would change the runtime: {'; '.join(problems)}")
-    seconds = _run([str(python), "-m", "pip", "install", "--quiet", *profile.install_args], log)
-    _run([str(python), "-m", "pip", "install", "--quiet", *TEST_TOOLS], log)
-    stamp_file.write_text(_stamp(profile))
+    if ci and uv:
+        seconds = _run([uv, "pip", "install", "--quiet", "--python", str(python), *profile.install_args, *TEST_TOOLS], log)
+        how = "uv install"
+    else:
+        seconds = _run([str(python), "-m", "pip", "install", "--quiet", *profile.install_args], log)
+        _run([str(python), "-m", "pip", "install", "--quiet", *TEST_TOOLS], log)
+        how = "plain pip install"
+    changed = check_plan(profile, _installed(python))
+    if changed:
+        raise Failed(f"{profile.name}: the install changed the runtime: {'; '.join(changed)}")
+    stamp_file.write_text(_stamps(profile, ci)[-1])
     without_pin = f"; without the mlflow-skinny pin: {'; '.join(unpinned)}" if unpinned else ""
-    return f"{profile.name}: runtime kept, plain pip install {seconds:.0f} s{without_pin}"
+    return (
+        f"{profile.name}: runtime kept, pip dry run {resolved:.0f} s, {how} {seconds:.0f} s, "
+        f"built in {time.monotonic() - started:.0f} s{without_pin}"
+    )
 
 
-def test(profile: Profile) -> str:
+def _installed(python: Path) -> dict[str, str]:
+    """What the environment holds after the install: {name: version}."""
+    out = subprocess.run(
+        [str(python), "-c", "import json, importlib.metadata as m; "
+         "print(json.dumps({d.metadata['Name'].lower(): d.version for d in m.distributions()}))"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def test(profile: Profile, ci: bool = False) -> str:
     home = ENVS / profile.name
-    if not (home / "stamp").exists() or (home / "stamp").read_text() != _stamp(profile):
+    if not (home / "stamp").exists() or (home / "stamp").read_text() not in _stamps(profile, True):
         raise Failed(f"no up-to-date environment; build it: python compat/run_matrix.py {profile.name} --build-only")
     python = home / "venv" / "bin" / "python"
     log = home / "pytest.log"
     log.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
-    seconds = _run(
-        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", CORE_DESELECT, *CORE_TESTS],
-        log, env=env, timeout=1800,
-    )
-    summary = log.read_text().strip().splitlines()[-1]
-    return f"{profile.name}: core suite {summary.strip('= ')} ({seconds:.0f} s)"
+    if ci:
+        skipped = CI_SKIP_ON_LATEST if profile.name == "latest" else ()
+        selection = [t for t in CI_TESTS if not t.startswith(skipped)]
+    else:
+        selection = ["-k", CORE_DESELECT, *CORE_TESTS]
+    try:
+        seconds = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5", *selection],
+                       log, env=env, timeout=1800)
+    finally:
+        lines = log.read_text().strip().splitlines()
+        for line in lines:
+            if line.startswith(("FAILED", "ERROR")):
+                print(line, flush=True)
+    # pytest's closing line; an interpreter's noise at exit may follow it
+    summary = next((line for line in reversed(lines) if " passed" in line or " failed" in line), lines[-1])
+    return f"{profile.name}: {'CI' if ci else 'core'} suite {summary.strip('= ')} ({seconds:.0f} s)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--test-only", action="store_true")
     step.add_argument("--table", action="store_true", help="print the README's support table")
     parser.add_argument("--jobs", type=int, default=2, help="environments built at once")
+    parser.add_argument("--ci", action="store_true", help="uv install after the pip dry run; CI_TESTS only")
     args = parser.parse_args(argv)
     profiles = load_profiles()
     if args.profiles:
@@ -234,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if not args.test_only:
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for profile, future in [(p, pool.submit(build, p)) for p in profiles]:
+            for profile, future in [(p, pool.submit(build, p, args.ci)) for p in profiles]:
                 try:
                     print(future.result(), flush=True)
                 except (Failed, subprocess.TimeoutExpired) as exc:
@@ -246,11 +309,12 @@ def main(argv: list[str] | None = None) -> int:
             if profile.name in failed:
                 continue
             try:
-                print(test(profile), flush=True)
+                print(test(profile, args.ci), flush=True)
             except (Failed, subprocess.TimeoutExpired) as exc:
                 failed.add(profile.name)
                 print(f"{profile.name}: CORE SUITE FAILED: {exc}", flush=True)
-    print(f"matrix: {len(profiles) - len(failed)}/{len(profiles)} profiles passed in {time.monotonic() - started:.0f} s")
+    print(f"matrix: {time.monotonic() - started:.0f} s")
+    print(f"profiles: {len(profiles) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 
 

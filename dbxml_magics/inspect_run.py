@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from .errors import DbxmlError
 from .masking import redact
+from .stores import list_artifacts
 from .targets import Target
 from .ui_server import store_ui_url
 
@@ -151,7 +152,7 @@ def _list_artifacts(client, run_id: str) -> tuple[list[str], bool]:
     found: list[str] = []
     folders = [None]
     while folders:
-        for item in client.list_artifacts(run_id, folders.pop(0)):
+        for item in list_artifacts(client, run_id, folders.pop(0)):
             if item.is_dir:
                 folders.append(item.path)
             else:

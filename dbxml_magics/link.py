@@ -38,7 +38,7 @@ def link_from_args(session, args) -> Link | None:
         from .workspace import resolve_workspace_target
 
         target = resolve_workspace_target(args, session.settings, session.namespace)
-    current = session.activate()
+    current = session.current_link()
     mode = args.mode or ("aml-only" if target.kind == "aml" else "local" if target.kind == "embedded" else "uri")
     experiment = args.experiment or current.experiment
     if mode == "both":

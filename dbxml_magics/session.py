@@ -221,13 +221,19 @@ class Session:
         mlflow.set_registry_uri(link.primary.registry_uri or link.primary.uri)
         self.journal.set_targets(link)
 
+    def current_link(self) -> Link:
+        """The current link (following a URI set by hand), without pointing MLflow at it:
+        a link that then fails must leave MLflow's own default in place (MLflow 2.x: ./mlruns)."""
+        with self._lock:
+            self._follow_manual_uri()
+            return self.link
+
     def activate(self) -> Link:
         """Point MLflow (and the journal) at the current link before a magic writes anything."""
         import mlflow
 
         with self._lock:
-            self._follow_manual_uri()
-            link = self.link
+            link = self.current_link()
             if mlflow.get_tracking_uri() != link.primary.uri or not self.journal.installed:
                 self._point_mlflow_at(link)
         return link

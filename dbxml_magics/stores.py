@@ -4,7 +4,7 @@ import os
 import threading
 from contextlib import contextmanager
 
-__all__ = ["quick_requests", "prepare_sqlite_store", "raw_store_builder"]
+__all__ = ["quick_requests", "prepare_sqlite_store", "raw_store_builder", "artifact_repository", "list_artifacts"]
 
 
 @contextmanager
@@ -58,3 +58,37 @@ def prepare_sqlite_store(store_uri: str | None) -> None:
         if get_engine is not None and safe_init is not None:
             safe_init(get_engine(store_uri))  # the engine is MLflow's cached one for this URI
         _prepared_sqlite.add(store_uri)
+
+
+
+def _resolves_per_store() -> bool:
+    """MLflow 3 resolves a server's `mlflow-artifacts:` URIs against the tracking URI it is
+    given; MLflow 2.x against the global one (an azureml:// link, or another store)."""
+    import inspect
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return "tracking_uri" in inspect.signature(get_artifact_repository).parameters
+
+
+def artifact_repository(artifact_uri: str, tracking_uri: str):
+    """The artifact repository of a run kept by the store at `tracking_uri`, on MLflow 2.x too."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if _resolves_per_store():
+        return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+    if artifact_uri.startswith("mlflow-artifacts:"):
+        from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+        artifact_uri = MlflowArtifactsRepository.resolve_uri(artifact_uri, tracking_uri)
+    return get_artifact_repository(artifact_uri)
+
+
+def list_artifacts(client, run_id: str, path: str | None = None):
+    """`client.list_artifacts`, listing the client's own store on MLflow 2.x too."""
+    from mlflow import MlflowClient
+
+    if _resolves_per_store():
+        return MlflowClient.list_artifacts(client, run_id, path)
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    return artifact_repository(artifact_uri, client.tracking_uri).list_artifacts(path)

@@ -93,7 +93,23 @@ class MlflowServer:
     def client(self):
         import mlflow
 
+        from dbxml_magics.stores import list_artifacts
+
+        class ServerClient(mlflow.MlflowClient):
+            """Lists this server's artifacts also under MLflow 2.x, which resolves them against
+            the global tracking URI (a test's azureml:// link, or another store)."""
+
+            def list_artifacts(self, run_id, path=None):
+                return list_artifacts(self, run_id, path)
+
         # The registry too: an earlier test's mlflow.set_registry_uri also exported
         # MLFLOW_REGISTRY_URI, which MlflowClient would otherwise read (seen in CI: test_secrets
         # searched another test's store and found no model version).
-        return mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return ServerClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+
+def model_name(name: str = "model") -> dict[str, str]:
+    """The keyword that names a logged model: `name` since MLflow 3, `artifact_path` on 2.x."""
+    import mlflow
+
+    return {"name" if int(mlflow.__version__.split(".")[0]) >= 3 else "artifact_path": name}

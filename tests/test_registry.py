@@ -9,6 +9,7 @@ import mlflow
 import pytest
 from IPython.core.error import UsageError
 
+from servers import model_name
 
 TRAIN = """\
 from sklearn.datasets import load_iris
@@ -163,7 +164,7 @@ def test_model_without_tracked_run_gets_a_new_run(ext, shell, tmp_path):
 
 # ---------------------------------------------------------------------- already logged models
 def test_register_from_run_last_and_from_runs_uri(linked, shell, mlflow_server):
-    shell.run_cell_magic("track", "logged", TRAIN + "import mlflow\nmlflow.sklearn.log_model(clf, name='model')\n")
+    shell.run_cell_magic("track", "logged", TRAIN + f"import mlflow\nmlflow.sklearn.log_model(clf, **{model_name()!r})\n")
     run_id = linked.last_run.run_id
     from_run, from_uri = _unique("from-run"), _unique("from-uri")
     shell.run_line_magic("aml_register", f"{from_run} --run last")
@@ -173,9 +174,13 @@ def test_register_from_run_last_and_from_runs_uri(linked, shell, mlflow_server):
     first = client.get_model_version(from_run, "1")
     second = client.get_model_version_by_alias(from_uri, "prod")
     assert first.run_id == second.run_id == run_id
-    # An MLflow 3 logged model (not in the run's artifacts) is registered as itself.
-    logged = client.get_run(run_id).outputs.model_outputs[0].model_id
-    assert first.source == second.source == f"models:/{logged}"
+    run = client.get_run(run_id)
+    if hasattr(run, "outputs"):
+        # An MLflow 3 logged model (not in the run's artifacts) is registered as itself.
+        assert first.source == second.source == f"models:/{run.outputs.model_outputs[0].model_id}"
+    else:
+        # MLflow 2.x has no logged models: the model is the run's artifact folder.
+        assert first.source == second.source and first.source.endswith(f"{run_id}/artifacts/model")
     model = _load(f"models:/{from_uri}@prod", mlflow_server.uri)
     X = shell.user_ns["X"]
     assert (model.predict(X) == shell.user_ns["clf"].predict(X)).all()

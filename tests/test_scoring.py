@@ -19,6 +19,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from dbxml_magics.session import ModelRecord
+from servers import model_name
 
 pytestmark = pytest.mark.spark
 
@@ -44,11 +45,11 @@ def _log(model, name=None, signature=True, frame=None, flavor="sklearn"):
         kwargs["signature"] = infer_signature(frame[FEATURES], model.predict(frame[FEATURES]))
     with mlflow.start_run() as run:
         if flavor == "sklearn":
-            mlflow.sklearn.log_model(model, name="model", **kwargs)
+            mlflow.sklearn.log_model(model, **model_name(), **kwargs)
         else:
             if signature:
                 kwargs["signature"] = infer_signature(frame[FEATURES], np.ones(len(frame)))
-            mlflow.pyfunc.log_model(name="model", python_model=model, **kwargs)
+            mlflow.pyfunc.log_model(python_model=model, **model_name(), **kwargs)
     return run.info.run_id
 
 
@@ -670,7 +671,8 @@ X.columns = [c.replace(" (cm)", "").replace(" ", "_") for c in X.columns]
 model = LogisticRegression(max_iter=300).fit(X, y)
 mlflow.set_tracking_uri("sqlite:///" + os.path.join(os.getcwd(), "mlflow.db"))
 with mlflow.start_run():
-    mlflow.sklearn.log_model(model, name="model", registered_model_name="fresh",
+    name = {"name" if int(mlflow.__version__.split(".")[0]) >= 3 else "artifact_path": "model"}
+    mlflow.sklearn.log_model(model, **name, registered_model_name="fresh",
                              signature=infer_signature(X, model.predict(X)))
 mlflow.set_tracking_uri(None)
 """,

@@ -378,7 +378,9 @@ class Journal:
             if now >= deadline:
                 return False
             with self._progress:
-                self._wake(force=True)
+                # Only the shippers asked for: MLflow 3.0's log_metric reads the run back each
+                # time (a primary-only settle); waking the mirror too sent it one batch a point.
+                self._wake(force=True, keys=keys)
                 self._progress.wait(min(0.5, deadline - now))
 
     def settle_store(self, store_uri: str) -> None:
@@ -411,8 +413,10 @@ class Journal:
         finally:
             self.outbox.close_thread_connection()
 
-    def _wake(self, force: bool = False) -> None:
-        for shipper in list(self._shippers.values()):
+    def _wake(self, force: bool = False, keys: list[str] | None = None) -> None:
+        for key, shipper in list(self._shippers.items()):
+            if keys is not None and key not in keys:
+                continue
             if force:
                 shipper.force.set()
             shipper.wake.set()

@@ -6,7 +6,6 @@ Rows are (id, run_key, kind, payload) as the outbox stores them.
 """
 
 import base64
-import inspect
 import json
 import shutil
 import tempfile
@@ -196,18 +195,9 @@ _SIMPLE = {"update": _update_run, "delete_tag": _delete_tag, "inputs": _log_inpu
 
 # ---------------------------------------------------------------------- artifacts
 def _artifact_repo(journal, key: str, store, remote_id: str):
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from ..stores import artifact_repository
 
-    artifact_uri = store.get_run(remote_id).info.artifact_uri
-    target_uri = journal.targets[key].uri
-    if "tracking_uri" in inspect.signature(get_artifact_repository).parameters:
-        return get_artifact_repository(artifact_uri, tracking_uri=target_uri)
-    # MLflow 2.x takes no tracking URI: resolve a server's mlflow-artifacts: URI against this target.
-    if artifact_uri.startswith("mlflow-artifacts:"):
-        from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
-
-        artifact_uri = MlflowArtifactsRepository.resolve_uri(artifact_uri, target_uri)
-    return get_artifact_repository(artifact_uri)
+    return artifact_repository(store.get_run(remote_id).info.artifact_uri, journal.targets[key].uri)
 
 
 def _upload_artifact(journal, key: str, store, remote_id: str, row_id: int, payload: dict) -> None:
@@ -233,10 +223,11 @@ def _copy_artifacts(journal, key: str, store, run_key: str, remote_id: str) -> N
     primary_store = journal.inner_store(primary_key)
     source = _artifact_repo(journal, primary_key, primary_store, run_key)
     destination = _artifact_repo(journal, key, store, remote_id)
+    # A run that logged no artifact may have no folder, which MLflow 2.x fails to download.
+    if not source.list_artifacts():
+        return
     with tempfile.TemporaryDirectory(prefix="dbxml-copy-") as tmp:
-        local = source.download_artifacts("", tmp)
-        if any(Path(local).iterdir()):
-            destination.log_artifacts(local)
+        destination.log_artifacts(source.download_artifacts("", tmp))
 
 
 # ---------------------------------------------------------------------- the mirror run

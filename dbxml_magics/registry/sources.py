@@ -6,6 +6,7 @@ from ..errors import RegisterError
 from ..experiments import use_experiment
 from ..masking import first_line
 from ..session import RunRecord, Session
+from ..stores import list_artifacts
 from .flavors import SavedModel
 from .request import DEFAULT_ARTIFACT_PATH, RegisterRequest, Source
 from .versions import store_error
@@ -37,7 +38,7 @@ def _run_or_error(session: Session, client, run_id: str):
 
 
 def _run_artifact_names(client, run_id: str) -> set[str]:
-    return {info.path for info in client.list_artifacts(run_id)}
+    return {info.path for info in list_artifacts(client, run_id)}
 
 
 def _run_logged_models(client, run) -> dict[str, str]:
@@ -157,8 +158,8 @@ def source_from_run(session: Session, client, run_ref: str, path: str) -> Source
     run = _run_or_error(session, client, run_id)
     path = path.strip("/")
     try:
-        top = {info.path: info for info in client.list_artifacts(run_id)}
-        in_folder = {info.path for info in client.list_artifacts(run_id, path)} if path in top and top[path].is_dir else set()
+        top = {info.path: info for info in list_artifacts(client, run_id)}
+        in_folder = {info.path for info in list_artifacts(client, run_id, path)} if path in top and top[path].is_dir else set()
         logged = _run_logged_models(client, run)
     except Exception as exc:  # noqa: BLE001
         raise store_error(f"Cannot list the models of run {run_id}", exc) from None
@@ -172,7 +173,7 @@ def source_from_run(session: Session, client, run_ref: str, path: str) -> Source
 
 
 def _has_mlmodel(client, run_id: str, path: str) -> bool:
-    return f"{path}/MLmodel" in {info.path for info in client.list_artifacts(run_id, path)}
+    return f"{path}/MLmodel" in {info.path for info in list_artifacts(client, run_id, path)}
 
 
 def source_from_uri(session: Session, client, uri: str) -> Source:
@@ -199,9 +200,9 @@ def source_from_uri(session: Session, client, uri: str) -> Source:
             raise RegisterError(f"There is no MLflow model in {local} (no MLmodel file).")
         return Source(source=local.as_uri(), run_id=None, local_dir=local)
     try:
-        from mlflow.artifacts import list_artifacts
+        from mlflow.artifacts import list_artifacts as list_uri_artifacts
 
-        names = {Path(info.path).name for info in list_artifacts(artifact_uri=uri, tracking_uri=client.tracking_uri)}
+        names = {Path(info.path).name for info in list_uri_artifacts(artifact_uri=uri, tracking_uri=client.tracking_uri)}
     except Exception as exc:  # noqa: BLE001
         raise store_error(f"Cannot read {uri}", exc) from None
     if "MLmodel" not in names:
