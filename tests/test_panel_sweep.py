@@ -4,14 +4,8 @@ child and metric on the row, a Compare button opening the compare view on its ch
 from dbxml_magics.panel import close_panel, live_panel, panel_text
 from dbxml_magics.session import get_session
 from test_panel import row_names, shown_panel
+from test_sweep import CELL  # the sweep's cell: one combination (alpha=1, max_iter=300) fails
 
-CELL = (
-    "import mlflow\n"
-    "if alpha == 1 and max_iter == 300:\n"
-    "    raise ValueError('diverged')\n"
-    "r2 = 1 - alpha / max_iter\n"
-    "mlflow.log_metric('loss', alpha * 2)\n"
-)
 SWEEP = "tune --sweep alpha=0.01,1 max_iter=100,300 --metrics r2 --metric r2 --goal max"
 
 
