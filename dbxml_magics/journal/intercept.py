@@ -12,6 +12,7 @@ MLflow builds stores under a non-reentrant lock: the wrapper calls the inner bui
 
 import email.utils
 import functools
+import inspect
 import os
 import threading
 import time
@@ -152,20 +153,22 @@ def _record_retry_after(on: bool) -> None:
     if current is None:
         return  # an MLflow without that function: the shippers' own backoff applies
     ours = getattr(current, "_dbxml_retry_after", False)
-    if on and not ours:
+    if on and not ours and "raise_on_status" in inspect.signature(current).parameters:
         rest_utils._get_http_response_with_retries = _noting_retry_after(current)
     elif not on and ours:
         rest_utils._get_http_response_with_retries = current.__wrapped__
 
 
 def _noting_retry_after(send):
+    # MLflow passes raise_on_status by position; its place is read once, not assumed.
+    position = list(inspect.signature(send).parameters).index("raise_on_status")
+
     @functools.wraps(send)
     def request(*args, **kwargs):
         if not getattr(_retry_after, "shipping", False):
             return send(*args, **kwargs)
-        # raise_on_status is the seventh parameter; MLflow passes it by position.
-        if len(args) > 6:
-            args = (*args[:6], False, *args[7:])
+        if len(args) > position:
+            args = (*args[:position], False, *args[position + 1:])
         else:
             kwargs["raise_on_status"] = False
         response = send(*args, **kwargs)
