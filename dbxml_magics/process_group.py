@@ -13,8 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
-__all__ = ["start_group", "stop_group", "GRACE"]
+__all__ = ["start_group", "stop_group", "live_members", "GRACE"]
 
 # Seconds between SIGTERM and SIGKILL (uvicorn needs about a second to exit).
 GRACE = 10.0
@@ -52,7 +53,12 @@ def start_group(command: list[str], log, env: dict) -> subprocess.Popen:
 
 
 def stop_group(process: subprocess.Popen, timeout: float = GRACE + 5) -> None:
-    """Stop the whole group: the guard passes SIGTERM on; SIGKILL if anything is left after `timeout`."""
+    """Stop the whole group: the guard passes SIGTERM on; SIGKILL if anything is left after `timeout`.
+
+    Returns once no live member is left (bounded by `timeout`): reaping the guard is not
+    enough, because the members it SIGKILLed are not our children and a large Python process
+    (uvicorn with a model loaded) can take a while to tear down after the signal, longest
+    on a loaded machine."""
     if process.poll() is None:
         _signal_group(process.pid, signal.SIGTERM)
         try:
@@ -64,6 +70,33 @@ def stop_group(process: subprocess.Popen, timeout: float = GRACE + 5) -> None:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         pass
+    deadline = time.monotonic() + timeout
+    while live_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def live_members(pgid: int) -> list[int]:
+    """Members of group `pgid` that are not zombies (a container's init may never reap the
+    members the guard left behind; a zombie holds no port and no memory)."""
+    proc = "/proc"
+    if not os.path.isdir(proc):  # not Linux: the group answers while any member exists
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    found = []
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            found.append(int(name))
+    return found
 
 
 def _signal_group(pgid: int, sig: int) -> None:
