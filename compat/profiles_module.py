@@ -30,7 +30,7 @@ PROFILES = (
 def render() -> str:
     rows = []
     for profile in load_profiles():
-        pins = {"python": profile.python, **profile.pins}
+        pins = {"python": profile.python, "mlflow": profile.mlflow, **profile.pins}
         versions = ", ".join(f'"{key}": "{pins[key]}"' for key in COMPARED if key in pins)
         rows.append(f'    ("{profile.name}", "{profile.runtime}", {{{versions}}}),\n')
     return HEADER.format(compared=", ".join(COMPARED)) + "".join(rows) + ")\n"

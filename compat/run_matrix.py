@@ -3,15 +3,17 @@ pip on top of the runtime's own packages, then the core suite in it.
 
     python compat/run_matrix.py [PROFILE ...] [--build-only | --test-only] [--jobs N] [--ci]
 
-For each profile (`compat/<name>.txt`: `# python:` line, then the runtime's pins):
+For each profile (`compat/<name>.txt`: `# python:`, `# runtime:` and optional `# install:` lines, then
+the runtime's pins, MLflow as the `mlflow-skinny` distribution the runtimes ship):
 1. a virtualenv under `.compat/<name>/` with the runtime's packages (installed with uv when
    it is there: they stand for what the runtime already has, not for what a user types);
 2. `pip install --dry-run --report` of the project with the install line the README gives for
-   that runtime: it must install none of the runtime's packages at another version, and no
-   mlflow-skinny beside mlflow at another version; the line without the mlflow-skinny pin is
-   resolved too, and what it would do is printed;
-3. the same install for real, with plain pip, timed;
-4. the core suite (CORE_TESTS) with pytest.
+   that runtime (`dbxml-magics` plus the profile's `# install:` pins): it must install none of
+   the runtime's packages at another version and no full `mlflow` over its mlflow-skinny; where
+   the line has pins, the bare line is resolved too, and what it would do is printed;
+3. the same install for real, with plain pip, timed, and the installed versions checked again;
+4. the test tools (pytest, and the full `mlflow` of the runtime's version for the tests' own
+   `mlflow server`, held to the runtime's pins), then the core suite (CORE_TESTS) with pytest.
 
 With --ci (what `.ci/run` does, inside its time): step 3 installs with uv instead, after the
 plain-pip dry run of step 2 has proved the plan (the unpinned line is not resolved), and
@@ -67,12 +69,15 @@ CI_TESTS = [
     "tests/test_sklearn_families.py",
     "tests/test_scoring.py::test_table_scored_with_registered_name_equals_model_predict",
     "tests/test_versions.py",
+    # the panel's state under the runtime's ipywidgets (7 on Databricks)
+    "tests/test_panel.py::test_click_shows_params_tags_metric_plots_and_artifacts",
+    "tests/test_panel_compare.py::test_ticking_runs_compares_them_params_overlaid_histories_best_run",
 ]
 # "latest" holds the main suite's releases, which `make test` scores on local Spark already:
 # there CI checks what only its Python (3.13) can change.
 CI_SKIP_ON_LATEST = ("tests/test_scoring.py",)
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
-RUNTIME_KEYS = ("pyspark", "mlflow", "pandas", "numpy", "scikit-learn", "pyarrow")
+RUNTIME_KEYS = ("pyspark", "mlflow-skinny", "pandas", "numpy", "scikit-learn", "pyarrow")
 
 
 @dataclass
@@ -81,15 +86,30 @@ class Profile:
     python: str
     runtime: str
     pins: dict[str, str]
+    install: list[str]  # the `# install:` line: extras in brackets, then pins
+
+    @property
+    def mlflow(self) -> str:
+        return self.pins["mlflow-skinny"]
 
     @property
     def path(self) -> Path:
         return COMPAT / f"{self.name}.txt"
 
     @property
+    def extras(self) -> str:
+        return "".join(word for word in self.install if word.startswith("["))
+
+    @property
     def install_args(self) -> list[str]:
         """The README's install line for this runtime (the project from this checkout)."""
-        return ["-e", str(ROOT), f"mlflow-skinny=={self.pins['mlflow']}"]
+        return ["-e", f"{ROOT}{self.extras}", *(word for word in self.install if not word.startswith("["))]
+
+    @property
+    def install_line(self) -> str:
+        if self.name == "latest":
+            return f"`pip install 'dbxml-magics{self.extras}'`"
+        return f"`%pip install {' '.join(['dbxml-magics', *self.install])}`"
 
 
 def load_profiles() -> list[Profile]:
@@ -107,7 +127,7 @@ def load_profiles() -> list[Profile]:
         missing = [k for k in RUNTIME_KEYS if k not in pins] + [k for k in ("python", "runtime") if k not in meta]
         if missing:
             raise SystemExit(f"{path}: missing {', '.join(missing)}")
-        profiles.append(Profile(path.stem, meta["python"], meta["runtime"], pins))
+        profiles.append(Profile(path.stem, meta["python"], meta["runtime"], pins, meta.get("install", "").split()))
     return profiles
 
 
@@ -126,12 +146,9 @@ def support_table(profiles: list[Profile]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in profiles:
-        if p.name == "latest":
-            runtime, line = "newest releases (no runtime)", "`pip install 'dbxml-magics[spark]'`"
-        else:
-            runtime, line = f"Databricks {p.runtime}", f"`%pip install dbxml-magics mlflow-skinny=={p.pins['mlflow']}`"
+        runtime = "newest releases (no runtime)" if p.name == "latest" else f"Databricks {p.runtime}"
         versions = " | ".join(p.pins[k] for k in RUNTIME_KEYS)
-        rows.append(f"| {runtime} | {p.python} | {versions} | {line} |")
+        rows.append(f"| {runtime} | {p.python} | {versions} | {p.install_line} |")
     return "\n".join(rows)
 
 
@@ -174,15 +191,17 @@ def _resolve(profile: Profile, python: Path, args: list[str], log: Path) -> dict
 
 
 def check_plan(profile: Profile, planned: dict[str, str]) -> list[str]:
-    """Problems with a pip install plan: a runtime package replaced, or an mlflow/mlflow-skinny pair."""
+    """Problems with a pip install plan (or an installed environment): a runtime package at
+    another version, or the full `mlflow` over the runtime's mlflow-skinny (only `[server]`
+    asks for it, and then at the runtime's version)."""
     problems = [
         f"{name} {profile.pins[name]} would be replaced by {planned[name]}"
         for name in profile.pins
         if name in planned and planned[name] != profile.pins[name]
     ]
-    skinny = planned.get("mlflow-skinny")
-    if skinny is not None and skinny != profile.pins["mlflow"]:
-        problems.append(f"mlflow-skinny {skinny} would be installed beside mlflow {profile.pins['mlflow']}")
+    full = planned.get("mlflow")
+    if full is not None and ("server" not in profile.extras or full != profile.mlflow):
+        problems.append(f"mlflow {full} would be installed over the runtime's mlflow-skinny {profile.mlflow}")
     return problems
 
 
@@ -212,24 +231,32 @@ def build(profile: Profile, ci: bool = False) -> str:
         _run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], log)
         _run([str(python), "-m", "pip", "install", "--quiet", *runtime], log)
 
-    unpinned = [] if ci else check_plan(profile, _resolve(profile, python, ["-e", str(ROOT)], log))
+    bare = ["-e", f"{ROOT}{profile.extras}"]
+    unpinned = [] if ci or profile.install_args == bare else check_plan(profile, _resolve(profile, python, bare, log))
     resolving = time.monotonic()
     problems = check_plan(profile, _resolve(profile, python, profile.install_args, log))
     resolved = time.monotonic() - resolving
     if problems:
         raise Failed(f"{profile.name}: `pip install` would change the runtime: {'; '.join(problems)}")
     if ci and uv:
-        seconds = _run([uv, "pip", "install", "--quiet", "--python", str(python), *profile.install_args, *TEST_TOOLS], log)
+        seconds = _run([uv, "pip", "install", "--quiet", "--python", str(python), *profile.install_args], log)
         how = "uv install"
     else:
         seconds = _run([str(python), "-m", "pip", "install", "--quiet", *profile.install_args], log)
-        _run([str(python), "-m", "pip", "install", "--quiet", *TEST_TOOLS], log)
         how = "plain pip install"
     changed = check_plan(profile, _installed(python))
     if changed:
         raise Failed(f"{profile.name}: the install changed the runtime: {'; '.join(changed)}")
+    # The tests start `mlflow server`, which needs the full distribution; the runtime's pins
+    # hold everything else where it was. (MLflow 2.x's `mlflow` rewrites the same files as
+    # mlflow-skinny of its version; MLflow 3's depends on it.)
+    tools = [*TEST_TOOLS, f"mlflow=={profile.mlflow}", "-c", str(profile.path)]
+    if uv:
+        _run([uv, "pip", "install", "--quiet", "--python", str(python), *tools], log)
+    else:
+        _run([str(python), "-m", "pip", "install", "--quiet", *tools], log)
     stamp_file.write_text(_stamps(profile, ci)[-1])
-    without_pin = f"; without the mlflow-skinny pin: {'; '.join(unpinned)}" if unpinned else ""
+    without_pin = f"; without the install line's pins: {'; '.join(unpinned)}" if unpinned else ""
     return (
         f"{profile.name}: runtime kept, pip dry run {resolved:.0f} s, {how} {seconds:.0f} s, "
         f"built in {time.monotonic() - started:.0f} s{without_pin}"

@@ -12,6 +12,7 @@ import pytest
 from IPython.lib.pretty import pretty
 
 from dbxml_magics.panel import PAGE_SIZE, PanelView, WorkspacePicker, live_panel, panel_text
+from dbxml_magics.panel.compat import titles_of
 from dbxml_magics.session import ModelRecord, RunRecord, ScoreRecord, get_session
 from servers import MlflowServer, free_port
 
@@ -149,6 +150,10 @@ def test_click_shows_params_tags_metric_plots_and_artifacts(ext, shell, tmp_path
     assert "%aml_ui" in inspector.link.value  # the embedded store has no web UI until %aml_ui serves it
     assert inspector.tabs.layout.display is None
     assert panel.message.value == "" and panel.log.outputs == ()
+    # Spelt for the installed ipywidgets: 7 (Databricks runtimes; CI_TESTS run this there) or 8.
+    assert titles_of(inspector.tabs) == tuple(inspector.TABS)
+    row = panel.runs.rows[run_id].name
+    assert f"inspected ({run_id})" in (row.tooltip if hasattr(row, "tooltip") else row.description_tooltip)
 
 
 def test_inspector_links_to_the_run_in_the_mlflow_ui(linked, shell, mlflow_server):

@@ -6,6 +6,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from dbxml_magics.panel.compare import compare, metric_goal
+from dbxml_magics.panel.compat import titles_of
 from dbxml_magics.inspect_run import RunDetails
 from test_panel import shown_panel
 
@@ -40,6 +41,7 @@ def test_ticking_runs_compares_them_params_overlaid_histories_best_run(ext, shel
     assert comparison.equal == [("epochs", "5")]
     assert "lr" in view.differing.value and "epochs" not in view.differing.value
     assert view.folded.selected_index is None and "epochs" in view.equal.value  # equal params folded
+    assert titles_of(view.folded) == ("Params equal in all runs (1)",)
     # one overlaid plot per metric; loss is lower-better, accuracy higher-better by its name
     assert len(view.plots.children) == 2 and all(p.value[:4] == b"\x89PNG" for p in view.plots.children)
     assert comparison.goals == {"accuracy": "max", "loss": "min"}

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from ..errors import DbxmlError
 from ..masking import redact
 from ..session import Session
+from .compat import set_titles, tip
 from .compare import CompareView, comparison_text
 from .inspector import Inspector
 from .live import LiveUpdates
@@ -53,12 +54,12 @@ class SessionPanel:
         self.live = LiveUpdates(session, self.runs, self.inspector, report=self.report)
         self.ui_button = widgets.Button(
             description="MLflow UI", icon="external-link",
-            tooltip="Open MLflow's UI for the linked stores (starts it for the embedded store): %aml_ui",
+            **tip("Open MLflow's UI for the linked stores (starts it for the embedded store): %aml_ui"),
         )
         self.ui_button.on_click(guarded(self.report, lambda _button: self.open_ui()))
         self.check_button = widgets.Button(
             description="Check", icon="stethoscope",
-            tooltip="Preflight of the link, stores, credentials, environment and journal: %aml_link --doctor",
+            **tip("Preflight of the link, stores, credentials, environment and journal: %aml_link --doctor"),
         )
         self.check_button.on_click(guarded(self.report, lambda _button: self.check()))
         self.checks = widgets.Output()
@@ -69,8 +70,9 @@ class SessionPanel:
         self.picker = WorkspacePicker(session, link_request=self._link, report=self.report)
         # Open when nothing is linked yet: that is when the picker is what the user wants.
         self.workspace = widgets.Accordion(
-            children=[self.picker.widget], titles=("Link a workspace",), selected_index=None if session.linked else 0
+            children=[self.picker.widget], selected_index=None if session.linked else 0
         )
+        set_titles(self.workspace, ("Link a workspace",))
         self.widget = widgets.VBox(
             [
                 widgets.HBox(

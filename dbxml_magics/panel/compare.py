@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import DbxmlError
 from ..session import Session
+from .compat import set_titles
 from .text import metric_goal, text_table
 from .widgets import close_tree, line_data, plot_axes, plot_png, table_html
 
@@ -126,7 +127,8 @@ class CompareView:
         self.metrics = widgets.HTML()
         self.differing = widgets.HTML()
         self.equal = widgets.HTML()
-        self.folded = widgets.Accordion(children=[self.equal], titles=("Params equal in all runs",), selected_index=None)
+        self.folded = widgets.Accordion(children=[self.equal], selected_index=None)
+        set_titles(self.folded, ("Params equal in all runs",))
         self.plots = widgets.Box(layout=widgets.Layout(flex_flow="row wrap"))
         self.close_button = widgets.Button(description="Close comparison", icon="times")
         self.close_button.on_click(lambda _button: self.hide())
@@ -188,7 +190,7 @@ class CompareView:
             "No param differs.",
         )
         self.equal.value = table_html(("param", "value"), comparison.equal, "No param is shared by all runs.")
-        self.folded.titles = (f"Params equal in all runs ({len(comparison.equal)})",)
+        set_titles(self.folded, (f"Params equal in all runs ({len(comparison.equal)})",))
         old = self.plots.children
         self.plots.children = tuple(widgets.Image(value=picture, format="png") for picture in pictures)
         for image in old:

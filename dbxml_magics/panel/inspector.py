@@ -18,6 +18,7 @@ from .text import (
     scoring_rows,
     shortened,
 )
+from .compat import set_titles, tip
 from .widgets import close_tree, guarded, line_data, plot_axes, plot_png, status_html, table_html
 
 
@@ -87,13 +88,13 @@ class Inspector:
         self.models = widgets.HTML()
         self.tabs = widgets.Tab(
             children=[widgets.VBox([self.metrics, self.plots]), self.params, self.tags, self.artifacts, self.models],
-            titles=self.TABS,
         )
+        set_titles(self.tabs, self.TABS)
         self.tabs.layout.display = "none"
         self._plotted: tuple[str, list[str]] = ("png", [])  # format and metric of each plot shown, in order
         self.rerun_button = widgets.Button(
             description="Re-run", icon="repeat", disabled=True,
-            tooltip="Run this run's recorded cell again as a new run, its params restored: %aml_rerun RUN",
+            **tip("Run this run's recorded cell again as a new run, its params restored: %aml_rerun RUN"),
         )
         if on_rerun is None:
             self.rerun_button.layout.display = "none"
