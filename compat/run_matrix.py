@@ -239,7 +239,10 @@ def build(profile: Profile, ci: bool = False) -> str:
     if problems:
         raise Failed(f"{profile.name}: `pip install` would change the runtime: {'; '.join(problems)}")
     if ci and uv:
-        seconds = _run([uv, "pip", "install", "--quiet", "--python", str(python), *profile.install_args], log)
+        # uv's resolver may choose differently from pip's (e.g. a newer azureml-mlflow with an
+        # older mlflow-skinny): held to the runtime's pins, it installs the plan pip proved.
+        seconds = _run([uv, "pip", "install", "--quiet", "--python", str(python), *profile.install_args,
+                        "-c", str(profile.path)], log)
         how = "uv install"
     else:
         seconds = _run([str(python), "-m", "pip", "install", "--quiet", *profile.install_args], log)

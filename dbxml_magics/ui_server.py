@@ -149,7 +149,23 @@ def _no_url_reason(target: Target) -> str:
     return "no web UI address is known for this store"
 
 
+# What `mlflow server` imports beyond mlflow-skinny, the distribution Databricks runtimes ship.
+_SERVER_MODULES = ("flask", "graphene")
+
+
+def _check_server_installed() -> None:
+    import importlib.util
+
+    missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UiError(
+            f"`%aml_ui` starts MLflow's tracking server, which needs the full `mlflow` distribution "
+            f"(missing here: {', '.join(missing)}): `%pip install 'dbxml-magics[server]'`, then restart Python."
+        )
+
+
 def _launch(target: Target, log_dir: Path) -> UiServer:
+    _check_server_installed()
     port = _free_port()
     log_path = log_dir / f"mlflow-ui-{port}.log"
     command = [

@@ -12,7 +12,7 @@ import pytest
 from IPython.lib.pretty import pretty
 
 from dbxml_magics.panel import PAGE_SIZE, PanelView, WorkspacePicker, live_panel, panel_text
-from dbxml_magics.panel.compat import titles_of
+from dbxml_magics.panel.compat import description_tip, titles_of
 from dbxml_magics.session import ModelRecord, RunRecord, ScoreRecord, get_session
 from servers import MlflowServer, free_port
 
@@ -152,8 +152,9 @@ def test_click_shows_params_tags_metric_plots_and_artifacts(ext, shell, tmp_path
     assert panel.message.value == "" and panel.log.outputs == ()
     # Spelt for the installed ipywidgets: 7 (Databricks runtimes; CI_TESTS run this there) or 8.
     assert titles_of(inspector.tabs) == tuple(inspector.TABS)
-    row = panel.runs.rows[run_id].name
-    assert f"inspected ({run_id})" in (row.tooltip if hasattr(row, "tooltip") else row.description_tooltip)
+    row = panel.runs.rows[run_id]
+    assert f"inspected ({run_id})" in row.name.tooltip
+    assert getattr(row.check, description_tip()) == "Select to compare"
 
 
 def test_inspector_links_to_the_run_in_the_mlflow_ui(linked, shell, mlflow_server):

@@ -73,6 +73,18 @@ def test_tracking_server_link_gets_its_own_ui_and_nothing_starts(linked, shell, 
     assert "iframe" not in links._repr_html_() and not ui_server._servers
 
 
+def test_without_the_full_mlflow_distribution_one_line_names_the_extra(ext, shell, monkeypatch):
+    """mlflow-skinny alone (a Databricks runtime's) cannot run `mlflow server`: say which extra
+    to install instead of a server that dies with an ImportError in its log."""
+    from IPython.core.error import UsageError
+
+    monkeypatch.setattr(ui_server, "_SERVER_MODULES", ("flask", "dbxml_no_such_module"))
+    with pytest.raises(UsageError, match=r"missing here: dbxml_no_such_module\): `%pip install 'dbxml-magics\[server\]'`") as error:
+        shell.run_line_magic("aml_ui", "")
+    assert "\n" not in str(error.value)
+    assert ui_server._servers == {}
+
+
 def test_databricks_link_uses_databricks_host_else_says_what_is_missing(ext, shell, monkeypatch):
     from dbxml_magics.targets import Link, Target
 

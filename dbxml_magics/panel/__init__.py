@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from ..errors import DbxmlError
 from ..masking import redact
 from ..session import Session
-from .compat import set_titles, tip
+from .compat import set_titles
 from .compare import CompareView, comparison_text
 from .inspector import Inspector
 from .live import LiveUpdates
@@ -54,12 +54,12 @@ class SessionPanel:
         self.live = LiveUpdates(session, self.runs, self.inspector, report=self.report)
         self.ui_button = widgets.Button(
             description="MLflow UI", icon="external-link",
-            **tip("Open MLflow's UI for the linked stores (starts it for the embedded store): %aml_ui"),
+            tooltip="Open MLflow's UI for the linked stores (starts it for the embedded store): %aml_ui",
         )
         self.ui_button.on_click(guarded(self.report, lambda _button: self.open_ui()))
         self.check_button = widgets.Button(
             description="Check", icon="stethoscope",
-            **tip("Preflight of the link, stores, credentials, environment and journal: %aml_link --doctor"),
+            tooltip="Preflight of the link, stores, credentials, environment and journal: %aml_link --doctor",
         )
         self.check_button.on_click(guarded(self.report, lambda _button: self.check()))
         self.checks = widgets.Output()

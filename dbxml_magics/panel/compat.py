@@ -1,8 +1,9 @@
 """What differs between ipywidgets 7, which the Databricks runtimes ship (7.7, 7.8) and their
 notebooks render, and ipywidgets 8, which JupyterLab 4 and VS Code install: the panel is
-written for 8 and goes through these three helpers where 7 spells it differently."""
+written for 8 and goes through these helpers where 7 spells it differently. (A Button's
+`tooltip` is spelt the same in both.)"""
 
-__all__ = ["tip", "set_titles", "titles_of", "text_styles"]
+__all__ = ["description_tip", "set_titles", "titles_of", "text_styles"]
 
 
 def _major() -> int:
@@ -11,9 +12,10 @@ def _major() -> int:
     return int(ipywidgets.__version__.split(".")[0])
 
 
-def tip(text: str) -> dict:
-    """A hover text as a widget keyword: `tooltip` in 8, `description_tooltip` in 7."""
-    return {"tooltip": text} if _major() >= 8 else {"description_tooltip": text}
+def description_tip() -> str:
+    """The hover text's trait of a Label, Checkbox or other description widget: `tooltip` in 8,
+    `description_tooltip` in 7 (where a `tooltip` keyword is silently dropped)."""
+    return "tooltip" if _major() >= 8 else "description_tooltip"
 
 
 def set_titles(container, titles) -> None:
@@ -38,7 +40,7 @@ def text_styles():
         from ipywidgets.widgets.widget_string import HTMLStyle, LabelStyle
 
         return LabelStyle(), HTMLStyle()
-    import ipywidgets
+    from ipywidgets.widgets.widget_description import DescriptionStyle
 
-    style = ipywidgets.DescriptionStyle()
+    style = DescriptionStyle()
     return style, style

@@ -18,7 +18,7 @@ from .text import (
     scoring_rows,
     shortened,
 )
-from .compat import set_titles, tip
+from .compat import set_titles
 from .widgets import close_tree, guarded, line_data, plot_axes, plot_png, status_html, table_html
 
 
@@ -94,7 +94,7 @@ class Inspector:
         self._plotted: tuple[str, list[str]] = ("png", [])  # format and metric of each plot shown, in order
         self.rerun_button = widgets.Button(
             description="Re-run", icon="repeat", disabled=True,
-            **tip("Run this run's recorded cell again as a new run, its params restored: %aml_rerun RUN"),
+            tooltip="Run this run's recorded cell again as a new run, its params restored: %aml_rerun RUN",
         )
         if on_rerun is None:
             self.rerun_button.layout.display = "none"

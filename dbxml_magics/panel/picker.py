@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from ..errors import DbxmlError
 from ..masking import redact
 from ..session import Session
-from .compat import tip
 from .widgets import close_tree, guarded
 
 
@@ -93,7 +92,7 @@ class WorkspacePicker:
         self.link_button = widgets.Button(description="Link", button_style="primary", icon="link")
         self.link_button.on_click(guarded(report, lambda _button: self.link()))
         self.find_button = widgets.Button(
-            description="Find my Azure workspaces", **tip("List the workspaces of the signed-in Azure account")
+            description="Find my Azure workspaces", tooltip="List the workspaces of the signed-in Azure account"
         )
         self.find_button.on_click(guarded(report, lambda _button: self.find_account_workspaces()))
         self.message = widgets.HTML()

@@ -9,7 +9,7 @@ import threading
 from collections import deque
 
 from ..session import Session
-from .compat import text_styles, tip
+from .compat import description_tip, text_styles
 from .text import PAGE_SIZE, format_clock, format_duration, format_metrics, group_text, ranked_children, run_tree
 from .widgets import close_tree, guarded, status_html
 
@@ -56,11 +56,11 @@ class RunRow:
         layouts = columns.layouts
         self.live: str | None = None  # the latest metrics while the cell runs (see LiveUpdates)
         self.check = widgets.Checkbox(
-            value=False, indent=False, description="", layout=layouts["select"], **tip("Select to compare")
+            value=False, indent=False, description="", layout=layouts["select"], **{description_tip(): "Select to compare"}
         )
         self.check.observe(lambda change: on_check(record.run_id, change["new"]), names="value")
         self.name = widgets.Button(
-            description=record.name, **tip(f"{record.name} ({record.run_id}): click for details"),
+            description=record.name, tooltip=f"{record.name} ({record.run_id}): click for details",
             layout=layouts["name"], style=columns.button_style,
         )
         self.name.on_click(lambda _button: on_select(record.run_id))
@@ -81,13 +81,13 @@ class RunRow:
 
         layouts = self.columns.layouts
         self.toggle = widgets.Button(
-            layout=layouts["toggle"], **tip("Show or hide this run's child runs (a sweep's combinations)"),
+            layout=layouts["toggle"], tooltip="Show or hide this run's child runs (a sweep's combinations)",
             style=self.columns.button_style,
         )
         self.toggle.on_click(lambda _button: self.expand(self.kids_box.layout.display == "none"))
         self.compare = widgets.Button(
             description="Compare", icon="columns", disabled=True, layout=layouts["compare"], style=self.columns.button_style,
-            **tip("Compare the child runs (the best 10 first): params that differ, overlaid metrics"),
+            tooltip="Compare the child runs (the best 10 first): params that differ, overlaid metrics",
         )
         self.compare.on_click(lambda _button: on_compare(self.compared()))
         self.kids_box = widgets.VBox(layout=widgets.Layout(display="none", margin="0 0 0 32px"))
@@ -119,7 +119,8 @@ class RunRow:
         self.duration.value = format_duration(record.duration)
         running = record.status == "RUNNING" and self.live is not None
         if self.kids:
-            self.metrics.value = self.metrics.tooltip = group_text(record, [row.record for row in self.kids.values()], self.settings)
+            self.metrics.value = group_text(record, [row.record for row in self.kids.values()], self.settings)
+            setattr(self.metrics, description_tip(), self.metrics.value)
             arrow = "\u25b8" if self.kids_box.layout.display == "none" else "\u25be"  # folded / unfolded
             self.toggle.description = f"{arrow} {len(self.kids)} runs"
             self.compare.disabled = len(self.kids) < 2
@@ -155,10 +156,10 @@ class RunsTable:
         self._lock = threading.RLock()
         self.box = widgets.VBox()
         self.count = widgets.Label()
-        self.older = widgets.Button(description="Show older runs", **tip(f"Show {page_size} more runs"))
+        self.older = widgets.Button(description="Show older runs", tooltip=f"Show {page_size} more runs")
         self.older.on_click(guarded(report, lambda _button: self.show_older()))
         self.compare = widgets.Button(
-            description="Compare selected", disabled=True, **tip("Tick 2 to 10 runs, then compare them")
+            description="Compare selected", disabled=True, tooltip="Tick 2 to 10 runs, then compare them"
         )
         self.compare.on_click(guarded(report, lambda _button: self.on_compare(list(self.checked))))
         self.widget = widgets.VBox(
