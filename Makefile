@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 	$(PY) examples/run_demo.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # The runtime matrix alone: one environment per compat/*.txt, plain pip, the core suite in each.
 # .ci/run passes COMPAT_ARGS=--ci: uv installs after the plain-pip dry run, the CI tests only.

@@ -22,6 +22,24 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _spark_logs_removed():
+    """Each process that starts a local Spark keeps its JVM's log in the temp folder
+    (`dbxml-magics-spark-<pid>.log`, named in the magic's output); the kernels and the test
+    process of this session leave theirs: remove the new ones at the end."""
+    import glob
+    import tempfile
+
+    pattern = os.path.join(tempfile.gettempdir(), "dbxml-magics-spark-*.log")
+    before = set(glob.glob(pattern))
+    yield
+    for path in set(glob.glob(pattern)) - before:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
