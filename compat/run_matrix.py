@@ -12,8 +12,9 @@ the runtime's pins, MLflow as the `mlflow-skinny` distribution the runtimes ship
    the runtime's packages at another version and no full `mlflow` over its mlflow-skinny; where
    the line has pins, the bare line is resolved too, and what it would do is printed;
 3. the same install for real, with plain pip, timed, and the installed versions checked again;
-4. the test tools (pytest, and the full `mlflow` of the runtime's version for the tests' own
-   `mlflow server`, held to the runtime's pins), then the core suite (CORE_TESTS) with pytest.
+4. the test tools (pytest), and beside the environment a second one with the full `mlflow` of
+   the runtime's version for the tests' own `mlflow server` (the runtime's holds mlflow-skinny
+   only, so the kernel side is tested as a runtime has it); then the core suite (CORE_TESTS).
 
 With --ci (what `.ci/run` does, inside its time): step 3 installs with uv instead, after the
 plain-pip dry run of step 2 has proved the plan (the unpinned line is not resolved), and
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -153,10 +155,11 @@ def support_table(profiles: list[Profile]) -> str:
 
 
 def _stamp(profile: Profile) -> str:
-    """What an environment was built from: the profile and the project's own requirements."""
+    """What an environment was built from: the profile, the project's own requirements, the recipe."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     digest = hashlib.sha256(profile.path.read_bytes())
     digest.update(json.dumps([project["requires-python"], project["dependencies"]]).encode())
+    digest.update(inspect.getsource(build).encode())  # and how: a changed recipe rebuilds
     return digest.hexdigest()
 
 
@@ -250,14 +253,19 @@ def build(profile: Profile, ci: bool = False) -> str:
     changed = check_plan(profile, _installed(python))
     if changed:
         raise Failed(f"{profile.name}: the install changed the runtime: {'; '.join(changed)}")
-    # The tests start `mlflow server`, which needs the full distribution; the runtime's pins
-    # hold everything else where it was. (MLflow 2.x's `mlflow` rewrites the same files as
-    # mlflow-skinny of its version; MLflow 3's depends on it.)
-    tools = [*TEST_TOOLS, f"mlflow=={profile.mlflow}", "-c", str(profile.path)]
+    tools = [*TEST_TOOLS, "-c", str(profile.path)]
+    # The tests' `mlflow server` needs the full distribution: its own environment, the
+    # runtime's versions held (MLflow 2.x's server imports a name SQLAlchemy 2.1 removed).
+    server = [_interpreter(profile.python), "-m", "venv", str(home / "server")]
+    server_tools = [f"mlflow=={profile.mlflow}", "-c", str(profile.path)]
+    _run(server, log)
+    server_python = home / "server" / "bin" / "python"
     if uv:
         _run([uv, "pip", "install", "--quiet", "--python", str(python), *tools], log)
+        _run([uv, "pip", "install", "--quiet", "--python", str(server_python), *server_tools], log)
     else:
         _run([str(python), "-m", "pip", "install", "--quiet", *tools], log)
+        _run([str(server_python), "-m", "pip", "install", "--quiet", *server_tools], log)
     stamp_file.write_text(_stamps(profile, ci)[-1])
     without_pin = f"; without the install line's pins: {'; '.join(unpinned)}" if unpinned else ""
     return (
@@ -285,6 +293,7 @@ def test(profile: Profile, ci: bool = False) -> str:
     log.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DBXML_TEST_SERVER_PYTHON"] = str(home / "server" / "bin" / "python")
     if ci:
         skipped = CI_SKIP_ON_LATEST if profile.name == "latest" else ()
         selection = [t for t in CI_TESTS if not t.startswith(skipped)]

@@ -13,7 +13,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["free_port", "MlflowServer", "wait_http"]
+__all__ = ["free_port", "MlflowServer", "wait_http", "SERVER_PYTHON"]
+
+# The runtime matrix (compat/run_matrix.py) runs the tests in a runtime's environment, which
+# holds mlflow-skinny only, as a Databricks runtime does; `mlflow server` needs the full
+# distribution, so there the server runs from a separate environment with the full `mlflow`
+# of the same version, named by this variable.
+SERVER_PYTHON = os.environ.get("DBXML_TEST_SERVER_PYTHON") or sys.executable
 
 
 def free_port() -> int:
@@ -52,7 +58,7 @@ class MlflowServer:
         log = open(self.root / "server.log", "ab")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "mlflow", "server",
+                SERVER_PYTHON, "-m", "mlflow", "server",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--backend-store-uri", f"sqlite:///{self.root / 'srv.db'}",
                 "--artifacts-destination", str(self.root / "art"),
