@@ -96,22 +96,30 @@ def test_both_mode_mirrors_runs_and_survives_mirror_outage(ext, shell, mlflow_se
     assert len(mirror_client.search_runs([mirror.info.experiment_id])) == 1
 
 
-def test_both_mode_logged_models_stay_on_the_primary_and_block_nothing(ext, shell, mlflow_server, own_server):
-    """MLflow 3 logged models are created on the primary only; a point linked to one reaches
-    the mirror as a plain run metric, and nothing of the run is refused there."""
+def test_both_mode_logged_model_left_pending_blocks_nothing(ext, shell, mlflow_server, own_server):
+    """An MLflow 3 logged model the cell never finalizes reaches the mirror as it is (PENDING),
+    with the point linked to it; a point linked to a model the mirror has no copy of (made
+    outside the journal's runs) arrives as a plain run metric, and nothing is refused."""
+    if int(mlflow.__version__.split(".")[0]) < 3:
+        pytest.skip("logged models are MLflow 3's")
     shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
     shell.run_line_magic("aml_link", f"--uri {own_server.uri} --mode both")
     shell.run_cell_magic(
         "track", "models",
-        "import mlflow\nmodel = mlflow.initialize_logged_model(name='m')\n"
-        "mlflow.log_metric('acc', 0.9, model_id=model.model_id)\nmlflow.log_metric('loss', 0.1)\n",
+        f"import mlflow\nmodel = mlflow.initialize_logged_model(name='m')\n"
+        f"elsewhere = mlflow.MlflowClient({mlflow_server.uri!r}).create_logged_model('0', name='other')\n"
+        "mlflow.log_metric('acc', 0.9, model_id=model.model_id)\nmlflow.log_metric('loss', 0.1)\n"
+        "mlflow.log_metric('other', 0.5, model_id=elsewhere.model_id)\n",
     )
     run_id, model_id = ext.last_run.run_id, shell.user_ns["model"].model_id
     assert ext.journal.flush(timeout=60)
     assert ext.journal.failures() == []
-    mirror = own_server.client().get_run(ext.journal.mirror_run_id(run_id))
-    assert mirror.data.metrics == {"acc": 0.9, "loss": 0.1}
+    mirror_client = own_server.client()
+    mirror = mirror_client.get_run(ext.journal.mirror_run_id(run_id))
+    assert mirror.data.metrics == {"acc": 0.9, "loss": 0.1, "other": 0.5}
     assert [m.key for m in mlflow_server.client().get_logged_model(model_id).metrics] == ["acc"]
+    (copy,) = mirror_client.search_logged_models([mirror.info.experiment_id])
+    assert (copy.name, str(copy.status), [m.key for m in copy.metrics]) == ("m", "PENDING", ["acc"])
 
 
 def test_killed_kernel_is_replayed_by_next_session(shell, own_server, tmp_path):

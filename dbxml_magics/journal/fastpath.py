@@ -5,8 +5,8 @@ MLflow's fluent `log_metric` costs more than the journal's whole write: it build
 inputs and outputs to link, and wraps the call in its usage telemetry. For the plain case it
 ends in exactly one thing: `store.log_metric(run_id, Metric(key, float(value), timestamp or
 now, step or 0))`. While the journal is installed, `mlflow.log_metric` is this function: in the
-plain case (no run_id, model_id or dataset argument, an active run owned by the journal, no
-active model and no logged model output on the run) it applies the same conversions and the
+plain case (no run_id, model_id or dataset argument, an active run owned by the journal and
+not deleted, no active model and no logged model output on the run) it applies the same conversions and the
 same validation and writes the point straight to the journal; in any other case it calls
 MLflow's own function. Same result, same errors, same return value (None, or a completed
 `RunOperations` when asynchronous); the only difference is that MLflow's usage telemetry
@@ -57,6 +57,7 @@ def _fast_log_metric(journal, original, fluent):
     active_run = fluent.active_run
     active_model_id = fluent.get_active_model_id
     owns = journal.owns
+    deleted = journal.deleted_runs  # a write to one is refused by MLflow's path (the store's check)
     valid_keys: set[str] = set()  # names MLflow's check accepted: that check depends on the name only
 
     @functools.wraps(original)
@@ -65,6 +66,7 @@ def _fast_log_metric(journal, original, fluent):
         if (
             run is None
             or not owns(run.info.run_id)
+            or run.info.run_id in deleted
             or (run.outputs is not None and run.outputs.model_outputs)
             or active_model_id() is not None
         ):
