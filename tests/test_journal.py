@@ -282,3 +282,48 @@ def test_batches_follow_each_kind_of_stores_limits():
     assert batch_limits("uri") == (1000, 100, 1000)
     assert [len(g) for g in plan(rows, batch_limits("uri"))] == [1000]
     assert [len(g) for g in plan(rows, batch_limits("aml"))] == [200] * 5
+
+
+def test_writes_to_a_deleted_run_fail_at_the_call_like_mlflow(linked, shell, mlflow_server):
+    """MLflow's stores take writes to a FINISHED run and refuse them for a deleted one. Through
+    the journal: the same; the refusal comes at the call, with MLflow's own exception, and
+    nothing of it is queued. The deletion itself is queued after the run's earlier writes."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.utils.rest_utils import MlflowHostCreds
+
+    shell.run_cell_magic("track", "ended", "import mlflow\nmlflow.log_metric('m', 1.0)")
+    run_id = linked.last_run.run_id
+    client = mlflow.MlflowClient()
+    client.log_metric(run_id, "late", 2.0)  # a FINISHED run still takes writes, as in MLflow
+    mlflow.delete_run(run_id)
+    journal = linked.journal
+    calls = {
+        "mlflow.log_metric": lambda: mlflow.log_metric("x", 1.0, run_id=run_id),
+        "log_param": lambda: client.log_param(run_id, "p", "1"),
+        "set_tag": lambda: client.set_tag(run_id, "t", "v"),
+        "log_batch": lambda: client.log_batch(run_id, metrics=[Metric("y", 1.0, 0, 0)]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(MlflowException, match=f"The run {run_id} must be in the 'active' state") as refused:
+            call()
+        assert refused.value.error_code == "INVALID_PARAMETER_VALUE", name
+    # Nothing refused was queued: everything queued arrives or fails, and none of it does.
+    assert journal.flush(timeout=60) and journal.failures() == []
+    # The store says the same for a write sent to it directly.
+    store = RestStore(lambda: MlflowHostCreds(mlflow_server.uri))
+    with pytest.raises(MlflowException) as direct:
+        store.log_param(run_id, Param("p", "1"))
+    assert (type(direct.value), direct.value.error_code, direct.value.message) == (
+        type(refused.value), refused.value.error_code, refused.value.message
+    )
+    run = mlflow_server.client().get_run(run_id)
+    assert run.info.lifecycle_stage == "deleted" and run.info.status == "FINISHED"
+    assert run.data.metrics == {"m": 1.0, "late": 2.0} and run.data.params == {}
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        store.set_tag(run_id, RunTag("t", "v"))
+    mlflow.MlflowClient().restore_run(run_id)
+    client.set_tag(run_id, "t", "v")  # restored: writable again
+    assert journal.flush(timeout=60)
+    assert mlflow_server.client().get_run(run_id).data.tags["t"] == "v"

@@ -284,16 +284,6 @@ class Journal:
         self.deleted_runs.discard(run_id)
         self.append(run_id, "restore_run", {})
 
-    def check_active(self, run_id: str) -> None:
-        """MLflow's refusal of a write to a deleted run (`_check_run_is_active`), at the call."""
-        if run_id in self.deleted_runs:
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-            raise MlflowException(
-                f"The run {run_id} must be in the 'active' state. Current state is deleted.", INVALID_PARAMETER_VALUE
-            )
-
     # ------------------------------------------------------------------ MLflow 3 logged models
     def own_model(self, model) -> None:
         """A logged model the primary just created for an owned, mirrored run: the mirror

@@ -180,6 +180,19 @@ def _noting_retry_after(send):
     return request
 
 
+def _deleted_run_error(store, run_id: str):
+    """MLflow's refusal of a write to a deleted run (its stores' `_check_run_is_active`); a REST
+    store raises it from the server's answer, error code in front of the message."""
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.store.tracking.rest_store import RestStore
+
+    message = f"The run {run_id} must be in the 'active' state. Current state is deleted."
+    if isinstance(store, RestStore):
+        return RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": message})
+    return MlflowException(message, INVALID_PARAMETER_VALUE)
+
+
 class _JournaledBuilder:
     """Stands in for an MLflow store builder; returns the real store wrapped."""
 
@@ -212,10 +225,11 @@ class JournaledStore:
 
     def _journaled(self, run_id) -> bool:
         """Whether a write of this run goes to the journal; one to a run deleted through the
-        journal is refused here, with the exception MLflow's stores raise."""
+        journal is refused here, at the call, as the store itself would refuse it."""
         if not self._journal.owns(run_id):
             return False
-        self._journal.check_active(run_id)
+        if run_id in self._journal.deleted_runs:
+            raise _deleted_run_error(self._inner, run_id)
         return True
 
     # -- creation: adopt the run for the store it was created on
