@@ -327,3 +327,17 @@ def test_writes_to_a_deleted_run_fail_at_the_call_like_mlflow(linked, shell, mlf
     client.set_tag(run_id, "t", "v")  # restored: writable again
     assert journal.flush(timeout=60)
     assert mlflow_server.client().get_run(run_id).data.tags["t"] == "v"
+    # Inside a cell: the fast path of mlflow.log_metric and ending the run refuse it as well.
+    shell.run_cell_magic(
+        "track", "child",
+        "import mlflow\nchild = mlflow.start_run(nested=True)\nmlflow.delete_run(child.info.run_id)\n"
+        "try:\n    mlflow.log_metric('x', 1.0)\nexcept mlflow.exceptions.MlflowException as e:\n    fast = e\n"
+        "try:\n    mlflow.end_run()\nexcept mlflow.exceptions.MlflowException as e:\n    ended = e\n",
+    )
+    child_id = shell.user_ns["child"].info.run_id
+    refusal = f"INVALID_PARAMETER_VALUE: The run {child_id} must be in the 'active' state. Current state is deleted."
+    for name in ("fast", "ended"):
+        assert shell.user_ns[name].message == refusal
+    assert linked.last_run.status == "FINISHED"
+    assert journal.flush(timeout=60) and journal.failures() == []
+    assert mlflow_server.client().get_run(child_id).info.lifecycle_stage == "deleted"

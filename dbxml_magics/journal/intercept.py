@@ -291,7 +291,7 @@ class JournaledStore:
         self._journal.log_outputs(run_id, models)
 
     def update_run_info(self, run_id, run_status, end_time, run_name):
-        if not self._owned(run_id):
+        if not self._journaled(run_id):
             return self._inner.update_run_info(run_id, run_status, end_time, run_name)
         from mlflow.entities import RunStatus
 
