@@ -202,10 +202,10 @@ class Journal:
         return self.outbox.remote_id(keys[1], run_id) if len(keys) > 1 else None
 
     # ------------------------------------------------------------------ writes
-    def append(self, run_id: str, kind: str, payload: dict, primary_only: bool = False, mirror_only: bool = False) -> None:
+    def append(self, run_id: str, kind: str, payload: dict, mirror_only: bool = False) -> None:
         """Queue one write of an owned run for each of its targets (one transaction)."""
         keys = self._owned[run_id]
-        keys = keys[:1] if primary_only else keys[1:] if mirror_only else keys
+        keys = keys[1:] if mirror_only else keys
         if keys:
             self.outbox.append(keys, run_id, kind, to_json(payload))
         if kind != "batch":

@@ -226,6 +226,12 @@ def _proto_class(cls):
     return getattr(service_pb2, name)
 
 
+def _record_model(store, remote_id: str, payload: dict) -> None:
+    from mlflow.models import Model
+
+    store.record_logged_model(remote_id, Model.from_dict(payload["model"]))
+
+
 def _delete_run(store, remote_id: str, payload: dict) -> None:
     store.delete_run(remote_id)
 
@@ -234,7 +240,10 @@ def _restore_run(store, remote_id: str, payload: dict) -> None:
     store.restore_run(remote_id)
 
 
-_SIMPLE = {"update": _update_run, "delete_tag": _delete_tag, "delete_run": _delete_run, "restore_run": _restore_run}
+_SIMPLE = {
+    "update": _update_run, "delete_tag": _delete_tag, "record_model": _record_model,
+    "delete_run": _delete_run, "restore_run": _restore_run,
+}
 _LINKS = {"inputs": _log_inputs, "outputs": _log_outputs}
 
 

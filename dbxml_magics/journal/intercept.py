@@ -298,6 +298,14 @@ class JournaledStore:
         status = RunStatus.to_string(run_status) if isinstance(run_status, int) else run_status
         self._journal.update_run(run_id, status, end_time, run_name)
 
+    def record_logged_model(self, run_id, mlflow_model):
+        """The run's `mlflow.log-model.history` entry (MLflow 2.x's log_model)."""
+        from mlflow.models import Model
+
+        if not isinstance(mlflow_model, Model) or not self._journaled(run_id):
+            return self._inner.record_logged_model(run_id, mlflow_model)  # the store's own TypeError
+        self._journal.append(run_id, "record_model", {"model": mlflow_model.to_dict()})
+
     def delete_run(self, run_id):
         if not self._owned(run_id):
             return self._inner.delete_run(run_id)
