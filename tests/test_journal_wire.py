@@ -7,6 +7,7 @@ present and resends are confined to the batch in flight at each kill."""
 
 import email.utils
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -145,6 +146,16 @@ def test_both_mode_mirrors_mlflow3_logged_models_once(ext, shell, mlflow_server,
             if m.get("model_id") == copy.model_id
         )
         assert linked == {("acc", 0): 1, ("val_acc", 0): 1}, linked
+        # A replay after a crash, by a kernel that lost the id pair: the copy is found by its tag.
+        from dbxml_magics.journal.delivery import deliver
+
+        outbox, key = ext.journal.outbox, ext.link.mirror.display
+        outbox.db().execute("DELETE FROM models")
+        payload = {"model_id": model_id, "name": "model", "model_type": None, "tags": [], "params": []}
+        deliver(ext.journal, key, [(0, run_id, "create_model", json.dumps(payload), 0.0)])
+        assert outbox.remote_model(key, model_id) == copy.model_id
+        assert len(mirror_client.search_logged_models([mirror_run.info.experiment_id])) == 1
+        assert sum(1 for _, method, path in mirror.seen if (method, path) == ("POST", base)) == 1
     finally:
         mirror.stop()
 
