@@ -327,17 +327,21 @@ def test_writes_to_a_deleted_run_fail_at_the_call_like_mlflow(linked, shell, mlf
     client.set_tag(run_id, "t", "v")  # restored: writable again
     assert journal.flush(timeout=60)
     assert mlflow_server.client().get_run(run_id).data.tags["t"] == "v"
-    # Inside a cell: the fast path of mlflow.log_metric and ending the run refuse it as well.
+    # Inside a cell: the fast path of mlflow.log_metric refuses it as well; ending a deleted run
+    # (a `with` block, the cell's own run) sends nothing and raises nothing.
     shell.run_cell_magic(
         "track", "child",
-        "import mlflow\nchild = mlflow.start_run(nested=True)\nmlflow.delete_run(child.info.run_id)\n"
-        "try:\n    mlflow.log_metric('x', 1.0)\nexcept mlflow.exceptions.MlflowException as e:\n    fast = e\n"
-        "try:\n    mlflow.end_run()\nexcept mlflow.exceptions.MlflowException as e:\n    ended = e\n",
+        "import mlflow\nwith mlflow.start_run(nested=True) as child:\n    mlflow.delete_run(child.info.run_id)\n"
+        "    try:\n        mlflow.log_metric('x', 1.0)\n    except mlflow.exceptions.MlflowException as e:\n"
+        "        fast = e\n",
     )
     child_id = shell.user_ns["child"].info.run_id
     refusal = f"INVALID_PARAMETER_VALUE: The run {child_id} must be in the 'active' state. Current state is deleted."
-    for name in ("fast", "ended"):
-        assert shell.user_ns[name].message == refusal
+    assert shell.user_ns["fast"].message == refusal
     assert linked.last_run.status == "FINISHED"
+    shell.run_cell_magic("track", "gone", "import mlflow\nmlflow.delete_run(mlflow.active_run().info.run_id)\n")
+    gone_id = linked.last_run.run_id
+    assert mlflow.active_run() is None
     assert journal.flush(timeout=60) and journal.failures() == []
-    assert mlflow_server.client().get_run(child_id).info.lifecycle_stage == "deleted"
+    for deleted in (child_id, gone_id):
+        assert mlflow_server.client().get_run(deleted).info.lifecycle_stage == "deleted"

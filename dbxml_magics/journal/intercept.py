@@ -291,8 +291,13 @@ class JournaledStore:
         self._journal.log_outputs(run_id, models)
 
     def update_run_info(self, run_id, run_status, end_time, run_name):
-        if not self._journaled(run_id):
+        if not self._owned(run_id):
             return self._inner.update_run_info(run_id, run_status, end_time, run_name)
+        if run_id in self._journal.deleted_runs:
+            # MLflow's store refuses this too, but ending a run is all the caller wants (the
+            # `with` of a run the block deleted, a %%track cell that deleted its run): nothing
+            # is left to send, and nothing is raised.
+            return
         from mlflow.entities import RunStatus
 
         status = RunStatus.to_string(run_status) if isinstance(run_status, int) else run_status
