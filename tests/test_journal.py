@@ -1,6 +1,7 @@
 """The journal against real servers: batching, a store that goes down, a kernel that dies,
 and `both`-mode mirroring. Every figure asserted is read back from the real stores."""
 
+import json
 import os
 import subprocess
 import sys
@@ -122,6 +123,29 @@ def test_both_mode_logged_model_left_pending_blocks_nothing(ext, shell, mlflow_s
     assert (copy.name, str(copy.status), [m.key for m in copy.metrics]) == ("m", "PENDING", ["acc"])
 
 
+def test_both_mode_mirrors_mlflow2_model_history(ext, shell, mlflow_server, own_server):
+    """MLflow 2.x's log_model records the model in the run's `mlflow.log-model.history` tag
+    (record_logged_model): a journaled write, so the mirror run has it too."""
+    if int(mlflow.__version__.split(".")[0]) >= 3:
+        pytest.skip("MLflow 3's log_model makes a logged model instead (test_journal_wire)")
+    shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
+    shell.run_line_magic("aml_link", f"--uri {own_server.uri} --mode both")
+    shell.run_cell_magic(
+        "track", "history",
+        "import mlflow, numpy as np\nfrom sklearn.linear_model import LogisticRegression\n"
+        "clf = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([0, 0, 1, 1]))\n"
+        "mlflow.sklearn.log_model(clf, artifact_path='model')\n",
+    )
+    run_id = ext.last_run.run_id
+    assert ext.journal.flush(timeout=60) and ext.journal.failures() == []
+    primary = json.loads(mlflow_server.client().get_run(run_id).data.tags["mlflow.log-model.history"])
+    mirror_run = own_server.client().get_run(ext.journal.mirror_run_id(run_id))
+    mirrored = json.loads(mirror_run.data.tags["mlflow.log-model.history"])
+    assert [(m["artifact_path"], sorted(m["flavors"])) for m in mirrored] == [
+        (m["artifact_path"], sorted(m["flavors"])) for m in primary
+    ] == [("model", ["python_function", "sklearn"])]
+
+
 def test_killed_kernel_is_replayed_by_next_session(shell, own_server, tmp_path):
     """A kernel dies after its cell queued everything but before any flush."""
     script = textwrap.dedent(
@@ -183,8 +207,10 @@ def test_log_metric_fast_path_keeps_mlflow_semantics(linked, shell, mlflow_serve
     """mlflow.log_metric on a journaled run skips MLflow's per-call overhead, not its rules:
     the same conversions (numpy values, step and timestamp defaults), the same validation
     error at the call, the same return value; MLflow's own function comes back on unload."""
-    original = mlflow.tracking.fluent.log_metric.__wrapped__
-    assert mlflow.log_metric is not original  # the fast path is installed with the journal
+    # The fast path is installed with the journal, on MLflow 3 (2.x keeps MLflow's function).
+    installed = hasattr(mlflow.tracking.fluent.log_metric, "_dbxml_journal")
+    assert installed == (int(mlflow.__version__.split(".")[0]) >= 3)
+    original = mlflow.tracking.fluent.log_metric.__wrapped__ if installed else mlflow.tracking.fluent.log_metric
     shell.run_cell_magic(
         "track", "fast",
         "import mlflow, numpy as np\n"
