@@ -92,7 +92,8 @@ def run_tracked_cell(session: Session, shell, request: TrackRequest, cell: str):
             status, error = cell_runs.status, f"the cell ended its run {cell_runs.status} (mlflow.end_run)"
         outcome_error = None
         try:
-            _log_outcome(session, shell, request, cell, run_id, record, started)
+            if run_id not in session.journal.deleted_runs:  # a cell that deleted its run: nothing to log
+                _log_outcome(session, shell, request, cell, run_id, record, started)
         except Exception as exc:  # noqa: BLE001 - a run whose outcome is not logged did not finish
             outcome_error = f"Logging the outcome of run {run_id} failed: {first_line(exc)}"
         finally:

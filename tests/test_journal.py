@@ -1,6 +1,7 @@
 """The journal against real servers: batching, a store that goes down, a kernel that dies,
 and `both`-mode mirroring. Every figure asserted is read back from the real stores."""
 
+import json
 import os
 import subprocess
 import sys
@@ -96,22 +97,53 @@ def test_both_mode_mirrors_runs_and_survives_mirror_outage(ext, shell, mlflow_se
     assert len(mirror_client.search_runs([mirror.info.experiment_id])) == 1
 
 
-def test_both_mode_logged_models_stay_on_the_primary_and_block_nothing(ext, shell, mlflow_server, own_server):
-    """MLflow 3 logged models are created on the primary only; a point linked to one reaches
-    the mirror as a plain run metric, and nothing of the run is refused there."""
+def test_both_mode_logged_model_left_pending_blocks_nothing(ext, shell, mlflow_server, own_server):
+    """An MLflow 3 logged model the cell never finalizes reaches the mirror as it is (PENDING),
+    with the point linked to it; a point linked to a model the mirror has no copy of (made
+    outside the journal's runs) arrives as a plain run metric, and nothing is refused."""
+    if int(mlflow.__version__.split(".")[0]) < 3:
+        pytest.skip("logged models are MLflow 3's")
     shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
     shell.run_line_magic("aml_link", f"--uri {own_server.uri} --mode both")
     shell.run_cell_magic(
         "track", "models",
-        "import mlflow\nmodel = mlflow.initialize_logged_model(name='m')\n"
-        "mlflow.log_metric('acc', 0.9, model_id=model.model_id)\nmlflow.log_metric('loss', 0.1)\n",
+        f"import mlflow\nmodel = mlflow.initialize_logged_model(name='m')\n"
+        f"elsewhere = mlflow.MlflowClient({mlflow_server.uri!r}).create_logged_model('0', name='other')\n"
+        "mlflow.log_metric('acc', 0.9, model_id=model.model_id)\nmlflow.log_metric('loss', 0.1)\n"
+        "mlflow.log_metric('other', 0.5, model_id=elsewhere.model_id)\n",
     )
     run_id, model_id = ext.last_run.run_id, shell.user_ns["model"].model_id
     assert ext.journal.flush(timeout=60)
     assert ext.journal.failures() == []
-    mirror = own_server.client().get_run(ext.journal.mirror_run_id(run_id))
-    assert mirror.data.metrics == {"acc": 0.9, "loss": 0.1}
+    mirror_client = own_server.client()
+    mirror = mirror_client.get_run(ext.journal.mirror_run_id(run_id))
+    assert mirror.data.metrics == {"acc": 0.9, "loss": 0.1, "other": 0.5}
     assert [m.key for m in mlflow_server.client().get_logged_model(model_id).metrics] == ["acc"]
+    (copy,) = mirror_client.search_logged_models([mirror.info.experiment_id])
+    assert (copy.name, str(copy.status), [m.key for m in copy.metrics]) == ("m", "PENDING", ["acc"])
+
+
+def test_both_mode_mirrors_mlflow2_model_history(ext, shell, mlflow_server, own_server):
+    """MLflow 2.x's log_model records the model in the run's `mlflow.log-model.history` tag
+    (record_logged_model): a journaled write, so the mirror run has it too."""
+    if int(mlflow.__version__.split(".")[0]) >= 3:
+        pytest.skip("MLflow 3's log_model makes a logged model instead (test_journal_wire)")
+    shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
+    shell.run_line_magic("aml_link", f"--uri {own_server.uri} --mode both")
+    shell.run_cell_magic(
+        "track", "history",
+        "import mlflow, numpy as np\nfrom sklearn.linear_model import LogisticRegression\n"
+        "clf = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([0, 0, 1, 1]))\n"
+        "mlflow.sklearn.log_model(clf, artifact_path='model')\n",
+    )
+    run_id = ext.last_run.run_id
+    assert ext.journal.flush(timeout=60) and ext.journal.failures() == []
+    primary = json.loads(mlflow_server.client().get_run(run_id).data.tags["mlflow.log-model.history"])
+    mirror_run = own_server.client().get_run(ext.journal.mirror_run_id(run_id))
+    mirrored = json.loads(mirror_run.data.tags["mlflow.log-model.history"])
+    assert [(m["artifact_path"], sorted(m["flavors"])) for m in mirrored] == [
+        (m["artifact_path"], sorted(m["flavors"])) for m in primary
+    ] == [("model", ["python_function", "sklearn"])]
 
 
 def test_killed_kernel_is_replayed_by_next_session(shell, own_server, tmp_path):
@@ -175,8 +207,10 @@ def test_log_metric_fast_path_keeps_mlflow_semantics(linked, shell, mlflow_serve
     """mlflow.log_metric on a journaled run skips MLflow's per-call overhead, not its rules:
     the same conversions (numpy values, step and timestamp defaults), the same validation
     error at the call, the same return value; MLflow's own function comes back on unload."""
-    original = mlflow.tracking.fluent.log_metric.__wrapped__
-    assert mlflow.log_metric is not original  # the fast path is installed with the journal
+    # The fast path is installed with the journal, on MLflow 3 (2.x keeps MLflow's function).
+    installed = hasattr(mlflow.tracking.fluent.log_metric, "_dbxml_journal")
+    assert installed == (int(mlflow.__version__.split(".")[0]) >= 3)
+    original = mlflow.tracking.fluent.log_metric.__wrapped__ if installed else mlflow.tracking.fluent.log_metric
     shell.run_cell_magic(
         "track", "fast",
         "import mlflow, numpy as np\n"
@@ -274,3 +308,66 @@ def test_batches_follow_each_kind_of_stores_limits():
     assert batch_limits("uri") == (1000, 100, 1000)
     assert [len(g) for g in plan(rows, batch_limits("uri"))] == [1000]
     assert [len(g) for g in plan(rows, batch_limits("aml"))] == [200] * 5
+
+
+def test_writes_to_a_deleted_run_fail_at_the_call_like_mlflow(linked, shell, mlflow_server):
+    """MLflow's stores take writes to a FINISHED run and refuse them for a deleted one. Through
+    the journal: the same; the refusal comes at the call, with MLflow's own exception, and
+    nothing of it is queued. The deletion itself is queued after the run's earlier writes."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.utils.rest_utils import MlflowHostCreds
+
+    shell.run_cell_magic("track", "ended", "import mlflow\nmlflow.log_metric('m', 1.0)")
+    run_id = linked.last_run.run_id
+    client = mlflow.MlflowClient()
+    client.log_metric(run_id, "late", 2.0)  # a FINISHED run still takes writes, as in MLflow
+    mlflow.delete_run(run_id)
+    journal = linked.journal
+    calls = {
+        "mlflow.log_metric": lambda: mlflow.log_metric("x", 1.0, run_id=run_id),
+        "log_param": lambda: client.log_param(run_id, "p", "1"),
+        "set_tag": lambda: client.set_tag(run_id, "t", "v"),
+        "log_batch": lambda: client.log_batch(run_id, metrics=[Metric("y", 1.0, 0, 0)]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(MlflowException, match=f"The run {run_id} must be in the 'active' state") as refused:
+            call()
+        assert refused.value.error_code == "INVALID_PARAMETER_VALUE", name
+    # Nothing refused was queued: everything queued arrives or fails, and none of it does.
+    assert journal.flush(timeout=60) and journal.failures() == []
+    # The store says the same for a write sent to it directly.
+    store = RestStore(lambda: MlflowHostCreds(mlflow_server.uri))
+    with pytest.raises(MlflowException) as direct:
+        store.log_param(run_id, Param("p", "1"))
+    assert (type(direct.value), direct.value.error_code, direct.value.message) == (
+        type(refused.value), refused.value.error_code, refused.value.message
+    )
+    run = mlflow_server.client().get_run(run_id)
+    assert run.info.lifecycle_stage == "deleted" and run.info.status == "FINISHED"
+    assert run.data.metrics == {"m": 1.0, "late": 2.0} and run.data.params == {}
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        store.set_tag(run_id, RunTag("t", "v"))
+    mlflow.MlflowClient().restore_run(run_id)
+    client.set_tag(run_id, "t", "v")  # restored: writable again
+    assert journal.flush(timeout=60)
+    assert mlflow_server.client().get_run(run_id).data.tags["t"] == "v"
+    # Inside a cell: the fast path of mlflow.log_metric refuses it as well; ending a deleted run
+    # (a `with` block, the cell's own run) sends nothing and raises nothing.
+    shell.run_cell_magic(
+        "track", "child",
+        "import mlflow\nwith mlflow.start_run(nested=True) as child:\n    mlflow.delete_run(child.info.run_id)\n"
+        "    try:\n        mlflow.log_metric('x', 1.0)\n    except mlflow.exceptions.MlflowException as e:\n"
+        "        fast = e\n",
+    )
+    child_id = shell.user_ns["child"].info.run_id
+    refusal = f"INVALID_PARAMETER_VALUE: The run {child_id} must be in the 'active' state. Current state is deleted."
+    assert shell.user_ns["fast"].message == refusal
+    assert linked.last_run.status == "FINISHED"
+    shell.run_cell_magic("track", "gone", "import mlflow\nmlflow.delete_run(mlflow.active_run().info.run_id)\n")
+    gone_id = linked.last_run.run_id
+    assert mlflow.active_run() is None
+    assert journal.flush(timeout=60) and journal.failures() == []
+    for deleted in (child_id, gone_id):
+        assert mlflow_server.client().get_run(deleted).info.lifecycle_stage == "deleted"

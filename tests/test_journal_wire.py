@@ -7,6 +7,7 @@ present and resends are confined to the batch in flight at each kill."""
 
 import email.utils
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import textwrap
 import time
 from collections import Counter
 
+import mlflow
 import pytest
 from counting_proxy import CountingProxy
 
@@ -76,6 +78,86 @@ def test_each_point_once_through_a_storm_of_429_and_503(ext, shell, proxy):
     assert proxy.refused[429] > 0 and proxy.refused[503] > 0
     _once_each(proxy, run_id, 2000)
     assert ext.journal.failures() == []
+
+
+MODEL_CELL = """
+import mlflow, numpy as np
+from sklearn.linear_model import LogisticRegression
+C = 0.5
+X = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
+y = np.array([0, 0, 0, 1, 1, 1])
+clf = LogisticRegression(C=C).fit(X, y)
+mlflow.log_param('C', C)
+mlflow.log_metric('acc', clf.score(X, y))
+info = mlflow.sklearn.log_model(clf, name='model', tags={'team': 'blue'})
+mlflow.log_metric('val_acc', 0.75, model_id=info.model_id)
+mlflow.log_model_params({'extra': '1'}, model_id=info.model_id)
+mlflow.set_logged_model_tags(info.model_id, {'stage': 'test', 'temp': 'x'})
+mlflow.delete_logged_model_tag(info.model_id, 'temp')
+"""
+
+
+def test_both_mode_mirrors_mlflow3_logged_models_once(ext, shell, mlflow_server, own_server):
+    """`log_model` (MLflow 3) creates a logged model on the primary, uploads its files there and
+    finalizes it; the mirror gets the same model (name, params, tags, linked metrics, files,
+    status) through the journal, each write crossing the mirror's wire once."""
+    if int(mlflow.__version__.split(".")[0]) < 3:
+        pytest.skip("logged models are MLflow 3's")
+    mirror = CountingProxy(own_server.port)
+    try:
+        shell.run_line_magic("aml_link", f"--uri {mlflow_server.uri}")
+        shell.run_line_magic("aml_link", f"--uri {mirror.uri} --mode both")
+        shell.run_cell_magic("track", "logged", MODEL_CELL)
+        run_id, model_id = ext.last_run.run_id, shell.user_ns["info"].model_id
+        assert ext.journal.flush(timeout=120)
+        assert ext.journal.failures() == []
+        primary = mlflow_server.client().get_logged_model(model_id)
+        mirror_client = own_server.client()
+        mirror_run = mirror_client.get_run(ext.journal.mirror_run_id(run_id))
+        copies = mirror_client.search_logged_models([mirror_run.info.experiment_id])
+        assert len(copies) == 1
+        copy = copies[0]
+        assert copy.name == primary.name == "model"
+        assert str(copy.status) == str(primary.status) == "READY"
+        assert copy.source_run_id == mirror_run.info.run_id
+        assert copy.params == primary.params and copy.params["C"] == "0.5" and copy.params["extra"] == "1"
+        assert copy.tags == {**primary.tags, "dbxml.source_model_id": model_id}
+        assert copy.tags["team"] == "blue" and copy.tags["stage"] == "test" and "temp" not in copy.tags
+        assert sorted((m.key, m.value) for m in copy.metrics) == sorted((m.key, m.value) for m in primary.metrics)
+        assert {m.key for m in copy.metrics} == {"acc", "val_acc"}
+        assert [o.model_id for o in mirror_run.outputs.model_outputs] == [copy.model_id]
+        # The files: loadable from the mirror alone, predicting as the model in the kernel.
+        mlflow.set_tracking_uri(own_server.uri)
+        loaded = mlflow.pyfunc.load_model(f"models:/{copy.model_id}")
+        X = shell.user_ns["X"]
+        assert list(loaded.predict(X)) == list(shell.user_ns["clf"].predict(X))
+        # Each write crossed the mirror's wire once.
+        writes = Counter((method, path) for _, method, path in mirror.seen if method != "GET")
+        base = "/api/2.0/mlflow/logged-models"
+        assert writes[("POST", base)] == 1  # created once
+        assert writes[("PATCH", f"{base}/{copy.model_id}")] == 1  # finalized once
+        assert writes[("POST", f"{base}/{copy.model_id}/params")] == 1
+        assert writes[("PATCH", f"{base}/{copy.model_id}/tags")] == 1
+        assert writes[("DELETE", f"{base}/{copy.model_id}/tags/temp")] == 1
+        uploads = {path: n for (method, path), n in writes.items() if method == "PUT" and copy.model_id in path}
+        assert any(path.endswith("/MLmodel") for path in uploads) and set(uploads.values()) == {1}, uploads
+        linked = Counter(
+            (m["key"], m.get("step", 0)) for body in mirror.batches for m in body.get("metrics", [])
+            if m.get("model_id") == copy.model_id
+        )
+        assert linked == {("acc", 0): 1, ("val_acc", 0): 1}, linked
+        # A replay after a crash, by a kernel that lost the id pair: the copy is found by its tag.
+        from dbxml_magics.journal.delivery import deliver
+
+        outbox, key = ext.journal.outbox, ext.link.mirror.display
+        outbox.db().execute("DELETE FROM models")
+        payload = {"model_id": model_id, "name": "model", "model_type": None, "tags": [], "params": []}
+        deliver(ext.journal, key, [(0, run_id, "create_model", json.dumps(payload), 0.0)])
+        assert outbox.remote_model(key, model_id) == copy.model_id
+        assert len(mirror_client.search_logged_models([mirror_run.info.experiment_id])) == 1
+        assert sum(1 for _, method, path in mirror.seen if (method, path) == ("POST", base)) == 1
+    finally:
+        mirror.stop()
 
 
 @pytest.mark.parametrize("status, when", [(429, "seconds"), (503, "date")])

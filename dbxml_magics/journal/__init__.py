@@ -49,6 +49,8 @@ class Journal:
         self.targets: dict[str, Target] = {}  # key (masked URI) -> live target (with credentials)
         self._status: dict[str, TargetStatus] = {}
         self._owned: dict[str, list[str]] = {}  # run id -> target keys, primary first
+        self.deleted_runs: set[str] = set()  # owned runs deleted through the journal: writes refused
+        self._models: dict[str, str] = {}  # mirrored logged model id -> its source run (owned)
         self._params: dict[str, dict[str, str]] = {}  # params queued per owned run
         self._latest_metrics: dict[str, dict[str, float]] = {}
         self._live_points: dict[str, dict[str, list]] = {}  # (step, value) per key of running owned runs
@@ -200,10 +202,10 @@ class Journal:
         return self.outbox.remote_id(keys[1], run_id) if len(keys) > 1 else None
 
     # ------------------------------------------------------------------ writes
-    def append(self, run_id: str, kind: str, payload: dict, primary_only: bool = False, mirror_only: bool = False) -> None:
+    def append(self, run_id: str, kind: str, payload: dict, mirror_only: bool = False) -> None:
         """Queue one write of an owned run for each of its targets (one transaction)."""
         keys = self._owned[run_id]
-        keys = keys[:1] if primary_only else keys[1:] if mirror_only else keys
+        keys = keys[1:] if mirror_only else keys
         if keys:
             self.outbox.append(keys, run_id, kind, to_json(payload))
         if kind != "batch":
@@ -261,17 +263,59 @@ class Journal:
             logged[param.key] = str(param.value)
 
     def log_inputs(self, run_id, datasets, models) -> None:
-        """Datasets go to every store; logged-model inputs name models of the primary only."""
-        datasets = entities_to_text(datasets)
+        """Datasets go to every store; a logged model reaches a mirror only if it was mirrored."""
+        payload = {"datasets": entities_to_text(datasets)}
         if models:
-            self.append(run_id, "inputs", {"datasets": datasets, "models": entities_to_text(models)}, primary_only=True)
-            if datasets and len(self._owned[run_id]) > 1:
-                self.append(run_id, "inputs", {"datasets": datasets}, mirror_only=True)
-        elif datasets:
-            self.append(run_id, "inputs", {"datasets": datasets})
+            payload["models"] = entities_to_text(models)
+        self.append(run_id, "inputs", payload)
 
     def log_outputs(self, run_id, models) -> None:
-        self.append(run_id, "outputs", {"models": entities_to_text(models)}, primary_only=True)
+        self.append(run_id, "outputs", {"models": entities_to_text(models)})
+
+    # ------------------------------------------------------------------ deleted runs
+    def delete_run(self, run_id: str) -> None:
+        """Queued after the run's earlier writes (which the store would refuse once deleted);
+        from now on its writes are refused at the call, as MLflow's stores refuse them."""
+        self.deleted_runs.add(run_id)
+        self._live_points.pop(run_id, None)
+        self.append(run_id, "delete_run", {})
+
+    def restore_run(self, run_id: str) -> None:
+        self.deleted_runs.discard(run_id)
+        self.append(run_id, "restore_run", {})
+
+    # ------------------------------------------------------------------ MLflow 3 logged models
+    def own_model(self, model) -> None:
+        """A logged model the primary just created for an owned, mirrored run: the mirror
+        gets it too, as rows of that run (after the rows already queued for it)."""
+        run_id = model.source_run_id
+        if len(self._owned.get(run_id, ())) < 2:
+            return
+        self._models[model.model_id] = run_id
+        payload = {
+            "model_id": model.model_id,
+            "name": model.name,
+            "model_type": model.model_type,
+            "tags": sorted(model.tags.items()),
+            "params": sorted(model.params.items()),
+        }
+        self.append(run_id, "create_model", payload, mirror_only=True)
+
+    def model_write(self, model_id: str, kind: str, payload: dict) -> None:
+        """A write the primary accepted for a mirrored logged model, queued for the mirror."""
+        run_id = self._models.get(model_id)
+        if run_id is None:
+            return
+        payload["model_id"] = model_id
+        if kind != "finalize_model":
+            self.append(run_id, kind, payload, mirror_only=True)
+            return
+        # Its files were uploaded to the primary before it was finalized: copied first.
+        with self.outbox.transaction() as db:
+            for key in self._owned[run_id][1:]:
+                self.outbox.insert(db, key, run_id, "model_artifacts", {"model_id": model_id})
+                self.outbox.insert(db, key, run_id, kind, payload)
+        self._wake()
 
     def update_run(self, run_id, status=None, end_time=None, run_name=None) -> None:
         """Queue a run's status; a mirror run ends only after the primary's artifacts reached it."""

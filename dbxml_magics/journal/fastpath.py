@@ -5,10 +5,10 @@ MLflow's fluent `log_metric` costs more than the journal's whole write: it build
 inputs and outputs to link, and wraps the call in its usage telemetry. For the plain case it
 ends in exactly one thing: `store.log_metric(run_id, Metric(key, float(value), timestamp or
 now, step or 0))`. While the journal is installed, `mlflow.log_metric` is this function: in the
-plain case (no run_id, model_id or dataset argument, an active run owned by the journal, no
-active model and no logged model output on the run) it applies the same conversions and the
-same validation and writes the point straight to the journal; in any other case it calls
-MLflow's own function. Same result, same errors, same return value (None, or a completed
+plain case (no run_id, model_id or dataset argument, an active run owned by the journal and
+not deleted, no active model and no logged model output on the run) it applies the same
+conversions and the same validation and writes the point straight to the journal; in any
+other case it calls MLflow's own function. Same result, same errors, same return value (None, or a completed
 `RunOperations` when asynchronous); the only difference is that MLflow's usage telemetry
 does not see these calls. A `from mlflow import log_metric` made before the journal was
 installed keeps MLflow's function, which is slower but writes to the same journal.
@@ -57,6 +57,7 @@ def _fast_log_metric(journal, original, fluent):
     active_run = fluent.active_run
     active_model_id = fluent.get_active_model_id
     owns = journal.owns
+    deleted = journal.deleted_runs  # a write to one is refused by MLflow's path (the store's check)
     valid_keys: set[str] = set()  # names MLflow's check accepted: that check depends on the name only
 
     @functools.wraps(original)
@@ -64,7 +65,8 @@ def _fast_log_metric(journal, original, fluent):
         run = active_run() if run_id is None and model_id is None and dataset is None else None
         if (
             run is None
-            or not owns(run.info.run_id)
+            or not owns(active_id := run.info.run_id)
+            or active_id in deleted
             or (run.outputs is not None and run.outputs.model_outputs)
             or active_model_id() is not None
         ):
@@ -82,7 +84,7 @@ def _fast_log_metric(journal, original, fluent):
             _validate_metric(key, value, timestamp, step)
             if len(valid_keys) < 10_000:
                 valid_keys.add(key)
-        journal.log_metric(run.info.run_id, key, value, timestamp, step)
+        journal.log_metric(active_id, key, value, timestamp, step)
         return None if synchronous else completed()
 
     log_metric._dbxml_journal = journal

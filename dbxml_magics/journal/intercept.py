@@ -180,6 +180,19 @@ def _noting_retry_after(send):
     return request
 
 
+def _deleted_run_error(store, run_id: str):
+    """MLflow's refusal of a write to a deleted run (its stores' `_check_run_is_active`); a REST
+    store raises it from the server's answer, error code in front of the message."""
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.store.tracking.rest_store import RestStore
+
+    message = f"The run {run_id} must be in the 'active' state. Current state is deleted."
+    if isinstance(store, RestStore):
+        return RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": message})
+    return MlflowException(message, INVALID_PARAMETER_VALUE)
+
+
 class _JournaledBuilder:
     """Stands in for an MLflow store builder; returns the real store wrapped."""
 
@@ -210,6 +223,15 @@ class JournaledStore:
     def _owned(self, run_id) -> bool:
         return self._journal.owns(run_id)
 
+    def _journaled(self, run_id) -> bool:
+        """Whether a write of this run goes to the journal; one to a run deleted through the
+        journal is refused here, at the call, as the store itself would refuse it."""
+        if not self._journal.owns(run_id):
+            return False
+        if run_id in self._journal.deleted_runs:
+            raise _deleted_run_error(self._inner, run_id)
+        return True
+
     # -- creation: adopt the run for the store it was created on
     def create_run(self, experiment_id, user_id, start_time, tags, run_name):
         run = self._inner.create_run(experiment_id, user_id, start_time, tags, run_name)
@@ -228,7 +250,7 @@ class JournaledStore:
     # -- writes: validated here as the store would, so a bad name or value fails at the call,
     # not later on the shipper
     def log_metric(self, run_id, metric):
-        if not self._owned(run_id):
+        if not self._journaled(run_id):
             return self._inner.log_metric(run_id, metric)
         validate_metric(metric.key, metric.value, metric.timestamp, metric.step)
         self._journal.log_metric(
@@ -237,44 +259,97 @@ class JournaledStore:
         )
 
     def log_param(self, run_id, param):
-        if not self._owned(run_id):
+        if not self._journaled(run_id):
             return self._inner.log_param(run_id, param)
         self._journal.log_batch(run_id, params=[_validated(validate_param, param)])
 
     def set_tag(self, run_id, tag):
-        if not self._owned(run_id):
+        if not self._journaled(run_id):
             return self._inner.set_tag(run_id, tag)
         self._journal.log_batch(run_id, tags=[_validated(validate_tag, tag)])
 
     def log_batch(self, run_id, metrics, params, tags):
-        if not self._owned(run_id):
+        if not self._journaled(run_id):
             return self._inner.log_batch(run_id, metrics, params, tags)
         self._journal.log_batch(run_id, *validate_batch(metrics, params, tags))
 
     def delete_tag(self, run_id, key):
-        if not self._owned(run_id):
+        if not self._journaled(run_id):
             return self._inner.delete_tag(run_id, key)
         self._journal.append(run_id, "delete_tag", {"key": key})
 
     def log_inputs(self, run_id, datasets=None, models=None):
-        if not self._owned(run_id):
+        if not self._journaled(run_id):
             return self._inner.log_inputs(run_id, datasets=datasets, models=models) if models else (
                 self._inner.log_inputs(run_id, datasets=datasets)
             )
         self._journal.log_inputs(run_id, datasets, models)
 
     def log_outputs(self, run_id, models):
-        if not self._owned(run_id):
+        if not self._journaled(run_id):
             return self._inner.log_outputs(run_id, models)
         self._journal.log_outputs(run_id, models)
 
     def update_run_info(self, run_id, run_status, end_time, run_name):
         if not self._owned(run_id):
             return self._inner.update_run_info(run_id, run_status, end_time, run_name)
+        if run_id in self._journal.deleted_runs:
+            # MLflow's store refuses this too, but ending a run is all the caller wants (the
+            # `with` of a run the block deleted, a %%track cell that deleted its run): nothing
+            # is left to send, and nothing is raised.
+            return
         from mlflow.entities import RunStatus
 
         status = RunStatus.to_string(run_status) if isinstance(run_status, int) else run_status
         self._journal.update_run(run_id, status, end_time, run_name)
+
+    def record_logged_model(self, run_id, mlflow_model):
+        """The run's `mlflow.log-model.history` entry (MLflow 2.x's log_model)."""
+        from mlflow.models import Model
+
+        if not isinstance(mlflow_model, Model) or not self._journaled(run_id):
+            return self._inner.record_logged_model(run_id, mlflow_model)  # the store's own TypeError
+        self._journal.append(run_id, "record_model", {"model": mlflow_model.to_dict()})
+
+    def delete_run(self, run_id):
+        if not self._owned(run_id):
+            return self._inner.delete_run(run_id)
+        self._journal.delete_run(run_id)
+
+    def restore_run(self, run_id):
+        if not self._owned(run_id):
+            return self._inner.restore_run(run_id)
+        self._journal.restore_run(run_id)
+
+    # -- MLflow 3 logged models: the primary creates them (the id comes from it) and takes
+    # their writes synchronously; those of an owned, mirrored run are queued for the mirror.
+    # MLflow 2.x stores have none of these methods: the calls fail there as without the journal.
+    def create_logged_model(self, *args, **kwargs):
+        model = self._inner.create_logged_model(*args, **kwargs)
+        if model.source_run_id is not None and self._owned(model.source_run_id):
+            self._journal.own_model(model)
+        return model
+
+    def log_logged_model_params(self, model_id, params):
+        self._inner.log_logged_model_params(model_id, params)
+        self._journal.model_write(model_id, "model_params", {"params": [[p.key, p.value] for p in params]})
+
+    def set_logged_model_tags(self, model_id, tags):
+        self._inner.set_logged_model_tags(model_id, tags)
+        self._journal.model_write(model_id, "model_tags", {"tags": [[t.key, t.value] for t in tags]})
+
+    def delete_logged_model_tag(self, model_id, key):
+        self._inner.delete_logged_model_tag(model_id, key)
+        self._journal.model_write(model_id, "model_delete_tag", {"key": key})
+
+    def finalize_logged_model(self, model_id, status):
+        model = self._inner.finalize_logged_model(model_id, status)
+        self._journal.model_write(model_id, "finalize_model", {"status": str(status)})
+        return model
+
+    def delete_logged_model(self, model_id):
+        self._inner.delete_logged_model(model_id)
+        self._journal.model_write(model_id, "delete_model", {})
 
     # Async variants: the journal already returns at once, so they complete immediately.
     def log_metric_async(self, run_id, metric):
@@ -290,7 +365,7 @@ class JournaledStore:
         return self._done(self.log_batch, run_id, metrics, params, tags)
 
     def _done(self, method, run_id, *args):
-        if not self._owned(run_id):
+        if not self._journaled(run_id):
             return getattr(self._inner, method.__name__ + "_async")(run_id, *args)
         method(run_id, *args)
         return completed()

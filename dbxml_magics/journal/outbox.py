@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS runs (
     failed TEXT,
     PRIMARY KEY (target, run_key)
 );
+CREATE TABLE IF NOT EXISTS models (
+    target TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    remote_id TEXT NOT NULL,
+    PRIMARY KEY (target, model_id)
+);
 CREATE TABLE IF NOT EXISTS targets (
     target TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -293,6 +299,18 @@ class Outbox:
         self.db().execute(
             "UPDATE runs SET remote_id=?, failed=NULL WHERE target=? AND run_key=?", (remote_id, target, run_key)
         )
+
+    def set_remote_model(self, target: str, model_id: str, remote_id: str) -> None:
+        """The MLflow 3 logged model `model_id` of the primary is `remote_id` on `target`."""
+        self.db().execute(
+            "INSERT OR REPLACE INTO models(target, model_id, remote_id) VALUES (?, ?, ?)", (target, model_id, remote_id)
+        )
+
+    def remote_model(self, target: str, model_id: str) -> str | None:
+        row = self.db().execute(
+            "SELECT remote_id FROM models WHERE target=? AND model_id=?", (target, model_id)
+        ).fetchone()
+        return row[0] if row else None
 
     def run_failure(self, target: str, run_key: str) -> str | None:
         row = self.db().execute("SELECT failed FROM runs WHERE target=? AND run_key=?", (target, run_key)).fetchone()
