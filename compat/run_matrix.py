@@ -253,25 +253,25 @@ def build(profile: Profile, ci: bool = False) -> str:
     changed = check_plan(profile, _installed(python))
     if changed:
         raise Failed(f"{profile.name}: the install changed the runtime: {'; '.join(changed)}")
-    tools = [*TEST_TOOLS, "-c", str(profile.path)]
+    _install(uv, python, [*TEST_TOOLS, "-c", str(profile.path)], log)
     # The tests' `mlflow server` needs the full distribution: its own environment, the
     # runtime's versions held (MLflow 2.x's server imports a name SQLAlchemy 2.1 removed).
-    server = [_interpreter(profile.python), "-m", "venv", str(home / "server")]
-    server_tools = [f"mlflow=={profile.mlflow}", "-c", str(profile.path)]
-    _run(server, log)
-    server_python = home / "server" / "bin" / "python"
-    if uv:
-        _run([uv, "pip", "install", "--quiet", "--python", str(python), *tools], log)
-        _run([uv, "pip", "install", "--quiet", "--python", str(server_python), *server_tools], log)
-    else:
-        _run([str(python), "-m", "pip", "install", "--quiet", *tools], log)
-        _run([str(server_python), "-m", "pip", "install", "--quiet", *server_tools], log)
+    _run([_interpreter(profile.python), "-m", "venv", str(home / "server")], log)
+    _install(uv, home / "server" / "bin" / "python", [f"mlflow=={profile.mlflow}", "-c", str(profile.path)], log)
     stamp_file.write_text(_stamps(profile, ci)[-1])
     without_pin = f"; without the install line's pins: {'; '.join(unpinned)}" if unpinned else ""
     return (
         f"{profile.name}: runtime kept, pip dry run {resolved:.0f} s, {how} {seconds:.0f} s, "
         f"built in {time.monotonic() - started:.0f} s{without_pin}"
     )
+
+
+def _install(uv: str | None, python: Path, args: list[str], log: Path) -> None:
+    """Tools beside the project (not what a user types): with uv when it is there."""
+    if uv:
+        _run([uv, "pip", "install", "--quiet", "--python", str(python), *args], log)
+    else:
+        _run([str(python), "-m", "pip", "install", "--quiet", *args], log)
 
 
 def _installed(python: Path) -> dict[str, str]:

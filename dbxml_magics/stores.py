@@ -1,5 +1,6 @@
 """Helpers for talking to MLflow's tracking stores, shared by linking, the journal and the registry."""
 
+import functools
 import os
 import threading
 from contextlib import contextmanager
@@ -60,7 +61,7 @@ def prepare_sqlite_store(store_uri: str | None) -> None:
         _prepared_sqlite.add(store_uri)
 
 
-
+@functools.cache
 def _resolves_per_store() -> bool:
     """MLflow 3 resolves a server's `mlflow-artifacts:` URIs against the tracking URI it is
     given; MLflow 2.x against the global one (an azureml:// link, or another store)."""

@@ -3,9 +3,12 @@ notebooks render, and ipywidgets 8, which JupyterLab 4 and VS Code install: the 
 written for 8 and goes through these helpers where 7 spells it differently. (A Button's
 `tooltip` is spelt the same in both.)"""
 
+import functools
+
 __all__ = ["description_tip", "set_titles", "titles_of", "text_styles"]
 
 
+@functools.cache  # asked once per row; the installed ipywidgets does not change in a kernel
 def _major() -> int:
     import ipywidgets
 
