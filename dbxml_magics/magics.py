@@ -208,6 +208,7 @@ class DbxmlMagics(Settings, Magics):
     @argument("--tags", nargs="+", default=[], metavar="KEY=VALUE", help="Tags of the new version.")
     @argument("--description", default=None, help="Description of the new version.")
     @argument("--input-example", default=None, metavar="VAR", help="Input example variable (signature inferred).")
+    @argument("-v", "--verbose", action="store_true", help="Also show MLflow's log lines and warnings about the magic's calls.")
     @line_magic
     @_user_errors
     def aml_register(self, line):

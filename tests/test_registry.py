@@ -150,6 +150,31 @@ def test_object_with_predict_registered_as_pyfunc(ext, shell, tmp_path):
     assert model.predict(pd.DataFrame({"a": [3.0, 4.0]}))["a"].tolist() == [6.0, 8.0]
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_mlflow_warnings_about_the_registration_show_only_with_verbose(trained, shell, capsys, verbose):
+    import warnings
+
+    # The iris classifier predicts integers: inferring its signature from the input example makes
+    # MLflow warn about integer columns. The user's own model warns too; that warning always shows.
+    shell.run_cell(
+        "import warnings\n"
+        "class Loud:\n"
+        "    def __init__(self, model): self.model = model\n"
+        "    def predict(self, frame):\n"
+        "        warnings.warn('the model itself speaks')\n"
+        "        return self.model.predict(frame)\n"
+        "loud = Loud(clf)"
+    )
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        shell.run_line_magic("aml_register", "quiet-iris --model loud --input-example X" + (" -v" if verbose else ""))
+    err = capsys.readouterr().err
+    libraries = [w for w in seen if "site-packages" in w.filename]
+    assert not libraries, [str(w.message) for w in libraries]
+    assert "the model itself speaks" in [str(w.message) for w in seen]
+    assert ("dbxml -v: UserWarning: Hint: Inferred schema contains integer column(s)" in err) == verbose
+
+
 def test_model_without_tracked_run_gets_a_new_run(ext, shell, tmp_path):
     shell.run_cell(TRAIN)
     assert ext.last_run is None

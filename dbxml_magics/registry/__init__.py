@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import RegisterError
+from ..quiet import captured
 from ..session import ModelRecord, Session
 from ..stores import quick_requests
 from ..userns import parse_tags
@@ -57,7 +58,12 @@ def register_from_args(session: Session, namespace: dict, args) -> None:
         description=args.description,
         input_example=args.input_example,
     )
-    record, notes = register_model(session, namespace, request)
+    import mlflow  # noqa: F401 - MLflow configures its loggers on import; they are captured from here on
+
+    # Inferring a signature and saving the model make MLflow warn about the magic's own calls
+    # (integer outputs, pip requirements): held back unless -v, the user's model's own warnings still show.
+    with captured(args.verbose):
+        record, notes = register_model(session, namespace, request)
     print(registry_summary(session, record))
     for note in notes:
         print(f"dbxml: {note}", file=sys.stderr)
