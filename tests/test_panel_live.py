@@ -123,3 +123,39 @@ def test_live_updates_never_read_the_store(ext, shell):
     )
     assert shell.user_ns["pending_inside"] > 0  # nothing had been shipped when the row showed it
     assert get_session(shell).runs[0].status == "FINISHED"
+
+
+def test_watching_a_running_run_sends_no_request_to_the_store(ext, shell, mlflow_server):
+    """The row and an open inspector follow a running run on a real server through a counting
+    proxy: from the inspector's first read to the cell's end, not one request reaches the
+    store (the journal holds the writes meanwhile), though the row, the table and the plot
+    were redrawn several times."""
+    from counting_proxy import CountingProxy
+
+    proxy = CountingProxy(mlflow_server.port)
+    try:
+        shell.run_line_magic("config", "DbxmlMagics.flush_interval = 3600.0")
+        shell.run_line_magic("aml_link", f"--uri {proxy.uri}")
+        shown_panel(shell)
+        shell.user_ns["proxy"] = proxy
+        shell.run_cell_magic(
+            "track", "watched-remote",
+            WAIT_FOR_ROW
+            + "panel.inspect(run_id).result(timeout=60)\n"
+            "inspector = panel.inspector\n"
+            "before, ticks = len(proxy.seen), panel.live.ticks\n"
+            "for step in range(12):\n"
+            "    mlflow.log_metric('loss', 1 / (step + 1), step=step)\n"
+            "    time.sleep(0.1)\n"
+            "shown(lambda: 'step 11' in row.metrics.value and '>12</td>' in inspector.metrics.value, 'the last point')\n"
+            "shown(lambda: len(inspector.plots.children) == 1, 'a live plot')\n"
+            "redraws = panel.live.ticks - ticks\n"
+            "during = proxy.seen[before:]\n",
+        )
+        ns = shell.user_ns
+        assert ns["redraws"] >= 2, ns["redraws"]
+        assert ns["during"] == []
+        assert ext.journal.flush(timeout=60)  # ...and all of it reaches the store afterwards
+        assert len(mlflow_server.client().get_metric_history(ext.last_run.run_id, "loss")) == 12
+    finally:
+        proxy.stop()
