@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from aml_emulator import aml_emulator, aml_workspace, azure_env, link_line  # noqa: F401 - fixtures
 from dbxml_magics import ui_server
 from dbxml_magics.panel import live_panel
 from test_panel import shown_panel, wait_for
@@ -172,3 +173,44 @@ def test_a_killed_kernel_takes_the_whole_ui_server_group_along(tmp_path):
             kernel.wait(timeout=30)
         if pgid is not None and group_members(pgid):
             os.killpg(pgid, signal.SIGKILL)  # leave nothing behind when the test fails
+
+
+def test_databricks_notebook_without_databricks_host_links_the_workspace_from_its_context(ext, shell, monkeypatch, spark):
+    """A Databricks notebook does not set DATABRICKS_HOST; its cluster's Spark conf names the
+    workspace (`spark.databricks.workspaceUrl`, read through MLflow's notebook-context helpers)."""
+    from dbxml_magics.inspect_run import run_ui_url
+    from dbxml_magics.targets import Link, Target
+
+    databricks = Target(uri="databricks", kind="databricks")
+    ext.apply_link(Link(mode="aml-only", primary=databricks))
+    monkeypatch.delenv("DATABRICKS_HOST", raising=False)
+    spark.conf.set("spark.databricks.workspaceUrl", "adb-987.6.azuredatabricks.net")
+    try:
+        (ui,) = shell.run_line_magic("aml_ui", "").uis
+        assert ui.url == "https://adb-987.6.azuredatabricks.net/#mlflow/experiments" and not ui.started_here
+        assert run_ui_url(databricks, "7", "abc") == "https://adb-987.6.azuredatabricks.net/#mlflow/experiments/7/runs/abc"
+    finally:
+        spark.conf.unset("spark.databricks.workspaceUrl")
+    assert run_ui_url(databricks, "7", "abc") is None and not ui_server._servers
+
+
+def test_aml_links_studio_for_the_mirror_copy_and_in_aml_ui(ext, shell, aml_workspace, mlflow_server):
+    """`both` mode with an AML mirror: the inspector links the mirror's copy to its page in
+    studio; linked to AML alone, `%aml_ui` shows the workspace's studio and starts nothing."""
+    emulator = aml_workspace
+    link = shell.run_line_magic("aml_link", link_line(emulator, "--mode both --auth managed-identity"))
+    assert link.primary.kind == "embedded" and link.mirror.kind == "aml"
+    shell.run_cell_magic("track", "mirrored-to-aml --metrics m", "m = 1.0")
+    record = ext.runs[0]
+    assert ext.journal.flush(timeout=60)
+    mirror_id = wait_for(lambda: ext.mirror_run_id(record), what="the mirror run created")
+    details = ext.run_details(record.run_id)
+    workspace_id = emulator.prefix.split("/mlflow/v2.0")[1]
+    studio = f"https://ml.azure.com/runs/{mirror_id}?wsid={workspace_id}&tid={emulator.arm.tenant_id}"
+    assert details.mirror_run_id == mirror_id != record.run_id and details.mirror_ui_url == studio
+    assert details.ui_url is None  # the embedded store has no UI until %aml_ui serves it
+
+    link = shell.run_line_magic("aml_link", link_line(emulator, "--auth managed-identity"))
+    (ui,) = shell.run_line_magic("aml_ui", "").uis
+    assert ui.url == link.primary.studio_url and ui.url.startswith("https://ml.azure.com/") and not ui.started_here
+    assert not ui_server._servers
