@@ -5,7 +5,7 @@ import re
 import pytest
 from IPython.core.error import UsageError
 
-from dbxml_magics.panel.compare import compare, metric_goal
+from dbxml_magics.panel.compare import MAX_RUNS, compare, metric_goal, overlay_lines
 from dbxml_magics.panel.compat import titles_of
 from dbxml_magics.inspect_run import RunDetails
 from test_panel import shown_panel
@@ -47,6 +47,29 @@ def test_ticking_runs_compares_them_params_overlaid_histories_best_run(ext, shel
     assert comparison.goals == {"accuracy": "max", "loss": "min"}
     assert comparison.best == {"accuracy": 0, "loss": 1}
     assert "0.2 *" in view.metrics.value and "0.8 *" in view.metrics.value
+    # each plot overlays every run's whole history, the best one marked
+    assert overlay_lines("loss", comparison) == [
+        ("first", [(0, 0.9), (1, 0.5), (2, 0.4)], False), ("second", [(0, 0.8), (1, 0.3), (2, 0.2)], True),
+    ]
+    assert overlay_lines("accuracy", comparison) == [("first", [(0, 0.8)], True), ("second", [(0, 0.75)], False)]
+
+    # Unticking one leaves one run: nothing to compare.
+    table.rows[first.run_id].check.value = False
+    assert table.compare.disabled and table.checked == [second.run_id]
+
+
+def test_more_than_ten_ticked_runs_cannot_be_compared(ext, shell):
+    panel = shown_panel(shell)
+    for index in range(MAX_RUNS + 1):
+        shell.run_cell_magic("track", f"r{index} --metrics m", f"m = {index}")
+    table = panel.runs
+    for count, record in enumerate(ext.runs, start=1):
+        table.rows[record.run_id].check.value = True
+        assert table.compare.disabled == (count < 2 or count > MAX_RUNS), count
+    assert table.compare.description == "Compare selected (11)"
+    names = " ".join(record.name for record in ext.runs)
+    with pytest.raises(UsageError, match="Compare takes 2 to 10 different runs; got 11"):
+        shell.run_line_magic("aml_panel", f"--compare {names}")
 
 
 def test_metric_goals_setting_decides_the_best_run(ext, shell, capsys):

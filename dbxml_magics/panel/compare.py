@@ -12,7 +12,7 @@ from .compat import set_titles
 from .text import metric_goal, text_table
 from .widgets import close_tree, line_data, plot_axes, plot_png, table_html
 
-__all__ = ["Comparison", "compare", "read_comparison", "comparison_text", "metric_goal", "CompareView"]
+__all__ = ["Comparison", "compare", "read_comparison", "comparison_text", "metric_goal", "overlay_lines", "CompareView"]
 
 MIN_RUNS, MAX_RUNS = 2, 10
 
@@ -96,14 +96,20 @@ def comparison_text(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def overlay_lines(name: str, comparison: Comparison) -> list[tuple[str, list[tuple[int, float]], bool]]:
+    """The lines of one metric's overlaid plot: (label, history, best) of each run that logged it."""
+    lines = []
+    for index, (label, run) in enumerate(zip(comparison.labels, comparison.runs)):
+        points = run.histories.get(name) or ([(0, run.metrics[name])] if name in run.metrics else [])
+        if points:
+            lines.append((label, points, comparison.best.get(name) == index))
+    return lines
+
+
 def overlay_png(name: str, comparison: Comparison) -> bytes:
     """One metric's histories of every run in one plot."""
     figure, axes = plot_axes(4.2, 2.6)
-    for index, (label, run) in enumerate(zip(comparison.labels, comparison.runs)):
-        points = run.histories.get(name) or ([(0, run.metrics[name])] if name in run.metrics else [])
-        if not points:
-            continue
-        best = comparison.best.get(name) == index
+    for label, points, best in overlay_lines(name, comparison):
         steps, values, style = line_data(points)
         axes.plot(steps, values, **style, linewidth=2.2 if best else 1.1, label=label + (" (best)" if best else ""))
     axes.legend(fontsize=7)
