@@ -1,5 +1,7 @@
 """MLflow's own run calls inside %%track: the code people already have runs unchanged."""
 
+import inspect
+
 import mlflow
 import pytest
 from IPython.core.error import UsageError
@@ -129,6 +131,50 @@ def test_other_experiment_is_one_line_and_no_split(ext, shell, tmp_path, capsys)
     here = client.get_experiment_by_name("here").experiment_id
     assert {r.info.experiment_id for r in _all_runs(client)} == {here}
     assert len(_all_runs(client)) == 2
+    # set_experiment still did what it does without the magic: 'elsewhere' is MLflow's active experiment.
+    assert fluent._get_experiment_id() == client.get_experiment_by_name("elsewhere").experiment_id
+    _untouched()
+
+
+def test_the_cells_own_experiment_is_no_note(ext, shell, tmp_path, capsys):
+    cell = (
+        "import mlflow\n"
+        "same = mlflow.set_experiment('here').experiment_id\n"
+        "with mlflow.start_run(experiment_id=same):\n"
+        "    mlflow.log_metric('m', 1)\n"
+    )
+    shell.run_cell_magic("track", "same --experiment here", cell)
+    assert "dbxml:" not in capsys.readouterr().err
+    (run,) = _all_runs(_client(tmp_path))
+    assert run.info.run_id == ext.last_run.run_id and run.info.experiment_id == shell.user_ns["same"]
+    _untouched()
+
+
+def test_parent_run_id_of_the_cells_run_makes_a_child(ext, shell, tmp_path):
+    if "parent_run_id" not in inspect.signature(fluent.start_run).parameters:
+        pytest.skip("start_run(parent_run_id=) came with MLflow 2.14")
+    cell = (
+        "import mlflow\n"
+        "cell_run = mlflow.active_run().info.run_id\n"
+        "with mlflow.start_run(run_name='child', parent_run_id=cell_run) as child:\n"
+        "    mlflow.log_metric('c', 1)\n"
+        "    child_id = child.info.run_id\n"
+        "back = mlflow.active_run().info.run_id\n"
+    )
+    shell.run_cell_magic("track", "with-child", cell)
+    runs = {r.info.run_name: r for r in _all_runs(_client(tmp_path))}
+    assert runs["child"].info.run_id == shell.user_ns["child_id"] != ext.last_run.run_id
+    assert runs["child"].data.tags["mlflow.parentRunId"] == ext.last_run.run_id == shell.user_ns["back"]
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    _untouched()
+
+
+def test_end_run_failed_ends_the_cells_run_failed_after_its_outcome(ext, shell, tmp_path):
+    cell = "import mlflow\nmlflow.log_metric('m', 1)\nmlflow.end_run('FAILED')\nafter = 2\n"
+    shell.run_cell_magic("track", "gave-up --metrics after", cell)
+    (run,) = _all_runs(_client(tmp_path))
+    assert run.info.status == "FAILED" and ext.last_run.status == "FAILED"
+    assert run.data.metrics == {"m": 1.0, "after": 2.0}  # the cell still ran to its end and logged its outcome
     _untouched()
 
 
