@@ -146,8 +146,10 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_a_killed_kernel_takes_the_whole_ui_server_group_along(tmp_path):
-    """SIGKILL leaves no exit hook: the group's guard sees its kernel gone and stops every
+@pytest.mark.parametrize("ending", ["exit", "SIGKILL"])
+def test_the_kernels_end_takes_the_whole_ui_server_group_along(tmp_path, ending):
+    """A normal exit runs the extension's exit hook, which stops the group before the kernel is
+    gone. SIGKILL leaves no exit hook: the group's guard sees its kernel gone and stops every
     process of the group (the guard, the mlflow CLI, uvicorn), and the port closes."""
     from test_deploy import group_members
 
@@ -164,8 +166,13 @@ def test_a_killed_kernel_takes_the_whole_ui_server_group_along(tmp_path):
         pgid, port = map(int, line.split()[1:3])
         assert _port_open(port)
         assert len(group_members(pgid)) >= 3, group_members(pgid)  # guard, mlflow CLI, uvicorn
-        kernel.send_signal(signal.SIGKILL)
-        kernel.wait(timeout=30)
+        if ending == "exit":
+            kernel.stdin.close()  # the kernel's script ends: Python exits normally
+            assert kernel.wait(timeout=120) == 0
+            assert not group_members(pgid)  # already gone: the exit hook waited for it, not the guard
+        else:
+            kernel.send_signal(signal.SIGKILL)
+            kernel.wait(timeout=30)
         wait_for(lambda: not group_members(pgid) and not _port_open(port), timeout=60, what="the group gone, the port closed")
     finally:
         if kernel.poll() is None:
