@@ -173,3 +173,15 @@ def test_watching_a_running_run_sends_no_request_to_the_store(ext, shell, mlflow
         assert len(mlflow_server.client().get_metric_history(ext.last_run.run_id, "loss")) == 12
     finally:
         proxy.stop()
+
+
+def test_live_row_follows_the_key_metrics_settings(ext, shell):
+    """The live row shows the configured key metrics first (at most panel_max_metrics), each at its
+    latest value, and the newest step of any metric."""
+    from dbxml_magics.panel.text import live_text
+
+    history = {"loss": [(0, 1.0), (3, 0.5)], "acc": [(0, 0.1), (2, 0.3)], "lr": [(0, 0.01)]}
+    assert live_text(history, ext.settings) == "acc=0.3  loss=0.5  lr=0.01  step 3"
+    shell.run_line_magic("config", "DbxmlMagics.key_metrics = ['lr', 'acc']")
+    shell.run_line_magic("config", "DbxmlMagics.panel_max_metrics = 2")
+    assert live_text(history, ext.settings) == "lr=0.01  acc=0.3  step 3"
