@@ -28,8 +28,9 @@ def _untouched():
 def test_start_run_continues_the_cells_run_with_name_tags_description(ext, shell, tmp_path):
     cell = (
         "import mlflow\n"
+        "alpha = 0.5  # set here: the shell outlives tests, and an earlier one may have left another alpha\n"
         "with mlflow.start_run(run_name='wine', tags={'team': 'ml'}, description='first try') as run:\n"
-        "    mlflow.log_param('alpha', 0.5)\n"
+        "    mlflow.log_param('alpha', alpha)\n"
         "    mlflow.log_metric('rmse', 0.7)\n"
         "    inside = run.info.run_id\n"
         "after = mlflow.active_run().info.run_id\n"

@@ -132,3 +132,16 @@ def test_unknown_run_id_is_one_line(ext, shell):
 )
 def test_cell_inputs(shell, cell, inputs):
     assert cell_inputs(shell, cell)[0] == inputs
+
+
+def test_rerun_of_a_sweep_child_by_name(ext, shell, tmp_path):
+    """The README's example: one combination of a sweep again, one value changed, as a run of its own."""
+    shell.run_cell_magic("track", "tune --sweep alpha=0.1,1 max_iter=100,300 --metrics r2", "r2 = 1 - alpha / max_iter")
+    child = next(r for r in ext.runs if r.name == "tune[alpha=0.1,max_iter=300]")
+    shell.run_line_magic("aml_rerun", "tune[alpha=0.1,max_iter=300] --set max_iter=1000")
+    again = ext.last_run
+    assert again.name == "tune[alpha=0.1,max_iter=300]-rerun" and again.parent_run_id is None
+    run = _client(tmp_path).get_run(again.run_id)
+    assert run.data.params == {"alpha": "0.1", "max_iter": "1000"}
+    assert run.data.metrics["r2"] == pytest.approx(1 - 0.1 / 1000)
+    assert run.data.tags["dbxml.rerun_of"] == child.run_id and "mlflow.parentRunId" not in run.data.tags
