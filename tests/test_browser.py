@@ -7,8 +7,9 @@ view renders, a sweep is one row that unfolds and compares its children, and `%a
 IFrame loads MLflow's UI drawing the session's runs.
 
 One JupyterLab and one page for the module (starting them is most of the time); the tests
-run in order over the one notebook run. Screenshots are kept in the test's folder; with
-DBXML_UPDATE_SCREENSHOT=1 the panel's one replaces docs/panel.png (the README's).
+run in order over the one notebook run. Screenshots are kept in `test-artifacts/browser/`
+(or `$DBXML_TEST_ARTIFACTS/browser/`), not in pytest's temporary folders, which later pytest
+runs delete; with DBXML_UPDATE_SCREENSHOT=1 the panel's one replaces docs/panel.png (the README's).
 """
 
 import os
@@ -41,6 +42,7 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "panel.ipynb"
 README_SCREENSHOT = ROOT / "docs" / "panel.png"
+SCREENSHOTS = Path(os.environ.get("DBXML_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "browser"
 # JupyterLab, a kernel and MLflow on a busy 2-core machine: minutes, not seconds.
 STEP_TIMEOUT_MS = 240_000
 
@@ -134,7 +136,11 @@ def notebook_page(jupyter_lab):
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
     from playwright.sync_api import expect, sync_playwright
 
-    base, token, root, folder = jupyter_lab
+    base, token, root, _ = jupyter_lab
+    folder = SCREENSHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):  # only this run's screenshots
+        old.unlink()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
