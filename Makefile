@@ -28,4 +28,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .compat mlflow.db mlartifacts .dbxml spark-warehouse
+	rm -rf $(VENV) .compat mlflow.db mlartifacts .dbxml spark-warehouse demo-run test-artifacts
