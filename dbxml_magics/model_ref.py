@@ -49,7 +49,7 @@ def resolve_model(session, text: str) -> ModelRef:
         if record is None:
             raise ScoreError(
                 "No model was registered in this session, so `last` means nothing yet; register one "
-                "(%aml_register NAME --model VAR) or name it: %aml_score models:/NAME/VERSION"
+                "(%aml_register NAME --model VAR) or name it: models:/NAME/VERSION"
             )
         return _registered(client, store, text, record.name, record.version)
     if text.startswith("models:/"):

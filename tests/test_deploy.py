@@ -6,6 +6,7 @@ they are found by the endpoint folder on their command line.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,7 +93,50 @@ def test_request_body_keeps_each_column_type_and_falls_back_to_pandas():
             other.to_json(orient="split", index=False, date_format="iso"))
 
 
+@pytest.mark.parametrize("shape", ["1-D array", "Series", "named Series", "one-column frame", "(n, 1) array",
+                                   "2-D array", "frame", "dict of columns"])
+def test_predictions_come_back_as_a_series_or_a_dataframe(shape):
+    """What MLflow's scoring server writes for each kind of `predict` output (its own
+    `predictions_to_json`), read back: one value per row is a Series, several a DataFrame,
+    both indexed like the input frame."""
+    import io
+    import json
+
+    import pandas as pd
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    from dbxml_magics.deploy.payload import read_predictions
+
+    index = pd.Index([10, 11, 12])
+    raw = {
+        "1-D array": np.array([0, 2, 1]),
+        "Series": pd.Series([0, 2, 1]),
+        "named Series": pd.Series([0, 2, 1], name="species"),
+        "one-column frame": pd.DataFrame({"species": [0, 2, 1]}),
+        "(n, 1) array": np.array([[0], [2], [1]]),
+        "2-D array": np.array([[0.1, 0.9], [0.8, 0.2], [0.5, 0.5]]),
+        "frame": pd.DataFrame({"label": [0, 2, 1], "score": [0.9, 0.8, 0.7]}),
+        "dict of columns": {"label": [0, 2, 1], "score": [0.9, 0.8, 0.7]},
+    }[shape]
+    wire = io.StringIO()
+    predictions_to_json(raw, wire)
+    for answer in (json.loads(wire.getvalue()), json.loads(wire.getvalue())["predictions"]):  # MLflow's, Azure's bare list
+        got = read_predictions(answer, index)
+        assert list(got.index) == [10, 11, 12]
+        if shape in ("1-D array", "Series", "named Series", "one-column frame", "(n, 1) array"):
+            assert isinstance(got, pd.Series) and got.tolist() == [0, 2, 1]
+            assert got.name == ("species" if shape in ("named Series", "one-column frame") else "prediction")
+        elif shape == "2-D array":
+            assert isinstance(got, pd.DataFrame) and got.to_numpy().tolist() == raw.tolist()
+        else:
+            assert isinstance(got, pd.DataFrame) and list(got.columns) == ["label", "score"]
+            assert got["label"].tolist() == [0, 2, 1] and got["score"].tolist() == [0.9, 0.8, 0.7]
+
+
 def test_bad_input_is_one_line_and_starts_nothing(trained, shell, tmp_path, capsys):
+    with pytest.raises(UsageError, match=r"so `last` means nothing yet; .* or name it: models:/NAME/VERSION") as nothing:
+        shell.run_line_magic("aml_deploy", "iris-clf last")
+    assert "%aml_score" not in str(nothing.value), "the hint names the magic the user did not call"
     shell.run_line_magic("aml_register", "iris --model clf --input-example X")
     shell.user_ns["not_a_frame"] = [1, 2, 3]
     cases = [
@@ -146,8 +190,11 @@ def test_local_endpoints_serve_invoke_delete_and_stop_on_unload(trained, shell, 
     capsys.readouterr()
 
     shell.run_line_magic("aml_deploy", "iris-v1 models:/iris/1")
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "Endpoint iris-v1 (local) serves iris v1 at http://127.0.0.1:" in out
+    # Progress while it starts (a terminal: a line every few seconds on stderr).
+    assert "dbxml: local endpoint iris-v1: copying iris v1 (0 s)" in err
+    assert re.search(r"dbxml: local endpoint iris-v1: starting mlflow models serve \(pid \d+\) \(\d+ s\)", err), err
     v1 = trained.endpoints["iris-v1"]
     assert v1.state == "Ready" and v1.model == "iris v1" and v1.target == "local"
 
@@ -177,9 +224,13 @@ def test_local_endpoints_serve_invoke_delete_and_stop_on_unload(trained, shell, 
     )
     listing = _list(shell, capsys)
     assert "iris-v1" in listing and "champ" in listing and "iris v2" in listing and "Ready" in listing
-    from dbxml_magics.panel import panel_text
+    from dbxml_magics.panel import live_panel, panel_text
 
     assert f"endpoint champ (local): iris v2, Ready, {champ.url}" in panel_text(trained)
+    shell.run_line_magic("aml_panel", "")
+    panel = live_panel(trained)  # the widget panel: its header follows the endpoints
+    assert f"endpoint champ (local): iris v2, Ready, {champ.url}" in panel.header.value
+    assert f"endpoint iris-v1 (local): iris v1, Ready, {v1.url}" in panel.header.value
 
     v1_pid = v1.handle.pid
     capsys.readouterr()
@@ -187,6 +238,7 @@ def test_local_endpoints_serve_invoke_delete_and_stop_on_unload(trained, shell, 
     assert "Deleted local endpoint iris-v1 (served iris v1); its server is stopped." in capsys.readouterr().out
     assert group_members(v1_pid) == []
     assert "iris-v1" not in trained.endpoints and v1.state == "Deleted"
+    assert "endpoint iris-v1" not in panel.header.value and "endpoint champ" in panel.header.value
     with pytest.raises(UsageError, match="No endpoint named 'iris-v1' in this session \\(endpoints: champ\\)"):
         shell.run_line_magic("aml_invoke", "iris-v1 --df X")
     assert len(serving_processes(tmp_path)) >= 1, "champ still serves"
@@ -277,8 +329,6 @@ def online_endpoints(aml_workspace, mlflow_server, tmp_path):
 def test_aml_endpoint_through_the_plugin(ext, shell, aml_workspace, online_endpoints, tmp_path, capsys):
     """create -> invoke -> second deployment -> traffic -> update -> delete, all through the
     azureml-mlflow plugin's own client against the TLS ARM emulator; each deployment a real server."""
-    import re
-
     azure = online_endpoints
     shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
     shell.run_cell(TRAIN)
@@ -387,4 +437,48 @@ def test_aml_failures_are_one_line_and_leave_nothing(ext, shell, aml_workspace, 
     shell.run_line_magic("aml_deploy", "--delete iris-slow")
     assert azure.endpoints == {} and "iris-slow" not in ext.endpoints
     assert [op["status"] for op in azure.operations.values()][-1] == "Canceled"
+    assert wait_gone(tmp_path) == []
+
+
+def test_aml_in_both_mode_is_the_default_and_serves_the_mirrors_copy(ext, shell, aml_workspace, online_endpoints,
+                                                                     tmp_path, capsys):
+    """Linked in `both` mode the default target is the mirror's workspace, and what it deploys is
+    the mirror's copy of the version the primary resolved (found by its source tag), not the
+    primary's version number. A run's model is no registered version: one line, nothing created."""
+    import uuid
+
+    azure = online_endpoints
+    shell.run_line_magic("config", "DbxmlMagics.flush_timeout = 60")
+    shell.run_cell(TRAIN)
+    name = f"iris-both-{uuid.uuid4().hex[:8]}"
+    # A first version in the workspace only, so that the mirror's numbers differ from the primary's.
+    shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
+    shell.run_cell_magic("track", "in-aml --no-source", "acc = 0.9")
+    shell.run_line_magic("aml_register", f"{name} --model clf")
+    shell.run_line_magic("aml_unlink", "")
+    shell.run_line_magic("aml_link", link_line(aml_workspace, "--mode both --auth managed-identity"))
+    shell.run_cell_magic("track", "train --no-source", "acc = 0.97")
+    shell.run_line_magic("aml_register", f"{name} --model clf --alias prod")
+    mirror_version = ext.last_model.mirror_version
+    assert (ext.last_model.version, mirror_version) == ("1", "2")
+    run_id = ext.last_run.run_id
+
+    with pytest.raises(UsageError, match=rf"runs:/{run_id}/model is not a registered model version; Azure ML deploys "
+                       r"registered models: %aml_register NAME --uri runs:/") as refused:
+        shell.run_line_magic("aml_deploy", f"iris-both runs:/{run_id}/model")
+    assert "\n" not in str(refused.value)
+    assert azure.endpoints == {} and ext.endpoints == {}
+
+    capsys.readouterr()
+    shell.run_line_magic("aml_deploy", f"iris-both {name}@prod")
+    out = capsys.readouterr().out
+    assert f"serves {name} v{mirror_version} (mirror of {name} v1) in deployment default" in out
+    assert ext.endpoints["iris-both"].target == "aml"
+    assert azure.deployment_bodies[-1]["properties"]["model"].endswith(f"/models/{name}/versions/{mirror_version}")
+    X = shell.user_ns["X"]
+    np.testing.assert_array_equal(
+        shell.run_line_magic("aml_invoke", "iris-both --df X").to_numpy(), shell.user_ns["clf"].predict(X)
+    )
+    shell.run_line_magic("aml_deploy", "--delete iris-both")
+    assert azure.endpoints == {} and azure.servers == {} and ext.endpoints == {}
     assert wait_gone(tmp_path) == []

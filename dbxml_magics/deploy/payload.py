@@ -43,15 +43,22 @@ def _numeric_split(df) -> str | None:
 
 
 def read_predictions(answer, index):
-    """Predictions as a pandas Series (one value per row, named `prediction`) or a DataFrame
-    (several outputs per row), indexed like the input."""
+    """Predictions as a pandas Series (one value per row, named `prediction` unless the model
+    named it) or a DataFrame (several outputs per row), indexed like the input."""
     import pandas as pd
 
     values = answer.get("predictions", answer) if isinstance(answer, dict) else answer
-    if isinstance(values, dict):  # a model returning a DataFrame, in columns form
+    if isinstance(values, dict):  # a model returning a dict of columns
         return pd.DataFrame(values, index=index)
     if values and isinstance(values[0], (dict, list)):
-        return pd.DataFrame(values, index=index)
+        frame = pd.DataFrame(values, index=index)
+        if frame.shape[1] > 1:
+            return frame
+        # One value per row in rows form (a pandas Series or one-column frame is written as
+        # records, an (n, 1) array as lists): a Series, as %aml_score's local engine unwraps
+        # it, named by its column when the model named it.
+        column = frame.columns[0]
+        return frame[column].rename("prediction" if column in ("0", 0) else column)
     return pd.Series(values, index=index, name="prediction")
 
 
