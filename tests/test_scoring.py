@@ -232,6 +232,37 @@ def test_pandas_input_reaches_spark_as_one_arrow_slice_per_core_and_leaves_the_s
     result.unpersist()
 
 
+def test_a_session_the_user_created_is_left_as_it_was(scoring, shell, spark, registry):
+    """Quietness and loopback are for the session the magic starts: the user's session keeps
+    its log level, its settings, and the environment and Python loggers around it."""
+    import logging
+
+    def state():
+        jvm = spark.sparkContext._jvm
+        loggers = {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers))
+                   for name in ("py4j", "mlflow", "pyspark")}
+        return {
+            "log4j": jvm.org.apache.logging.log4j.LogManager.getRootLogger().getLevel().toString(),
+            "conf": dict(spark.conf.getAll),
+            "env": {k: os.environ.get(k) for k in ("SPARK_LOCAL_IP", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")},
+            "loggers": loggers,
+        }
+
+    table = _view(spark, _iris())
+    shell.user_ns["frame"] = _iris()
+    spark.sparkContext.setLogLevel("FATAL")  # not the level the magic gives its own sessions
+    try:
+        before = state()
+        shell.run_line_magic("aml_score", f"iris-clf --table {table} --into scored --limit 0")
+        shell.run_line_magic("aml_score", "iris-clf --df frame --engine spark --into scored --limit 0")
+        shell.run_line_magic("aml_score", "iris-clf --df frame --engine spark --dry-run")
+        after = state()
+    finally:
+        spark.sparkContext.setLogLevel("ERROR")
+    assert after == before
+    assert shell.user_ns["scored"].sparkSession is spark
+
+
 def test_spark_dataframe_with_integer_columns_is_cast_to_the_signature_types(scoring, shell, spark, registry):
     frame = _iris()
     whole = frame.copy()
@@ -451,7 +482,7 @@ def test_numpy_arrays_and_records_are_scored_as_frames(scoring, shell, registry)
     shell.user_ns["array"] = frame[FEATURES].to_numpy()
     shell.user_ns["records"] = frame[FEATURES].head(7).to_dict("records")
 
-    from_array = shell.run_line_magic("aml_score", "iris-clf@champion --df array --limit 0")
+    from_array = shell.run_line_magic("aml_score", "iris-clf@champion --df array --engine local --limit 0")
     from_records = shell.run_line_magic("aml_score", "iris-clf@champion --df records --limit 0")
 
     expected = registry.expected("models:/iris-clf/1", frame)
@@ -459,6 +490,7 @@ def test_numpy_arrays_and_records_are_scored_as_frames(scoring, shell, registry)
     np.testing.assert_array_equal(from_records["prediction"], expected[:7])
     assert list(from_array.columns) == [*FEATURES, "prediction"]
     assert scoring.scorings[-1].input == "DataFrame records (7 records)"
+    assert isinstance(from_array, pd.DataFrame) and isinstance(from_records, pd.DataFrame)
     shell.user_ns["narrow"] = frame[FEATURES[:3]].to_numpy()
     with pytest.raises(UsageError, match="--df narrow has 3 columns but the model's named inputs are 4"):
         shell.run_line_magic("aml_score", "iris-clf --df narrow")
