@@ -181,13 +181,14 @@ def _list(shell, capsys) -> str:
     return capsys.readouterr().out
 
 
-def test_local_endpoints_serve_invoke_delete_and_stop_on_unload(trained, shell, tmp_path, capsys):
+def test_local_endpoints_serve_invoke_delete_and_stop_on_unload(trained, shell, tmp_path, capsys, monkeypatch):
     """Two endpoints (a version by `last` and one by alias): predictions equal the in-memory
     model's; --delete stops one, %unload_ext the other; nothing is left running."""
     shell.run_line_magic("aml_register", "iris --model clf --input-example X")
     shell.run_cell("clf2 = LogisticRegression(max_iter=300, C=0.05).fit(X, y)")
     shell.run_line_magic("aml_register", "iris --model clf2 --alias champion")
     capsys.readouterr()
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # MLflow's default (conftest turns it off)
 
     shell.run_line_magic("aml_deploy", "iris-v1 models:/iris/1")
     out, err = capsys.readouterr()
@@ -195,6 +196,7 @@ def test_local_endpoints_serve_invoke_delete_and_stop_on_unload(trained, shell, 
     # Progress while it starts (a terminal: a line every few seconds on stderr).
     assert "dbxml: local endpoint iris-v1: copying iris v1 (0 s)" in err
     assert re.search(r"dbxml: local endpoint iris-v1: starting mlflow models serve \(pid \d+\) \(\d+ s\)", err), err
+    assert "Downloading artifacts" not in err and " INFO " not in err, "MLflow's bar and log lines stay out of the cell"
     v1 = trained.endpoints["iris-v1"]
     assert v1.state == "Ready" and v1.model == "iris v1" and v1.target == "local"
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..errors import DeployError
+from ..quiet import captured
 from ..session import EndpointRecord
 from .rules import check_name, default_target
 
@@ -35,16 +36,14 @@ def deploy_from_args(session, args) -> None:
         raise DeployError("Name the endpoint and the model: %aml_deploy ENDPOINT MODEL (or --list, --delete ENDPOINT).")
     check_name(args.endpoint)
     target = args.target or default_target(session)
-    if target == "aml":
-        from .aml import deploy_aml
+    # MLflow's download bar, log lines and warnings about the calls made here stay out of the
+    # cell: the status line says what is happening (the user's own warnings still show).
+    with captured():
+        if target == "aml":
+            from .aml import deploy_aml
 
-        return deploy_aml(session, args)
-    if not args.model:
-        raise DeployError(f"Name the model to serve: %aml_deploy {args.endpoint} MODEL (last, name@alias, models:/...).")
-    given = [f"--{o.replace('_', '-')}" for o in _AML_ONLY if getattr(args, o) is not None]
-    if given:
-        raise DeployError(f"{', '.join(given)} apply to --target aml only; a local endpoint is one server.")
-    return _deploy_local(session, args)
+            return deploy_aml(session, args)
+        return _deploy_local(session, args)
 
 
 # --------------------------------------------------------------------------- local
@@ -53,6 +52,11 @@ def _deploy_local(session, args) -> None:
     from .local import LocalServer, free_port, port_in_use
     from .progress import StatusLine
 
+    if not args.model:
+        raise DeployError(f"Name the model to serve: %aml_deploy {args.endpoint} MODEL (last, name@alias, models:/...).")
+    given = [f"--{o.replace('_', '-')}" for o in _AML_ONLY if getattr(args, o) is not None]
+    if given:
+        raise DeployError(f"{', '.join(given)} apply to --target aml only; a local endpoint is one server.")
     name = args.endpoint
     existing = session.endpoints.get(name)
     if existing is not None:
