@@ -311,7 +311,7 @@ def aml_workspace(aml_emulator, azure_env, monkeypatch):
     e = aml_emulator
     arm.add_workspace(e.subscription, e.resource_group, e.workspace, mlflow_host=e.host_url)
     yield aml_emulator
-    arm.stop()
+    arm.close()
 
 
 def link_line(emulator: AmlEmulator, extra: str = "") -> str:

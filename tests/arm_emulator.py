@@ -29,6 +29,7 @@ whose reads answer 403 `AuthorizationFailed`). Every request is recorded in `req
 import datetime
 import ipaddress
 import json
+import os
 import re
 import ssl
 import tempfile
@@ -39,7 +40,9 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-__all__ = ["ArmEmulator", "ArmFault", "ArmRequest", "QuietHandler", "PROVIDER", "WORKSPACE_API_VERSIONS"]
+__all__ = ["ArmEmulator", "ArmFault", "ArmRequest", "QuietHandler", "FOLDER_PREFIX", "PROVIDER", "WORKSPACE_API_VERSIONS"]
+
+FOLDER_PREFIX = "arm-emulator-"  # + pid: the temp folder of an emulator's CA and certificate
 
 PROVIDER = "Microsoft.MachineLearningServices"
 # What the clients in this repository send (workspace.py, azureml-core 1.61, azureml-mlflow 1.60,
@@ -150,7 +153,8 @@ class ArmEmulator:
         self.denied: set[str] = set()  # lower-case ARM ids (or prefixes) the identity may not read
         self.routes: list[_Route] = []
         self._lock = threading.Lock()
-        self._folder = tempfile.TemporaryDirectory(prefix="arm-emulator-")
+        # The pid in the name lets a test session find what it left behind (conftest checks after each test).
+        self._folder = tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         self.ca_path, context = _tls_context(Path(self._folder.name))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -183,11 +187,18 @@ class ArmEmulator:
         return self
 
     def stop(self) -> None:
+        """The server goes (ARM unreachable); the CA file stays, as clients still point at it."""
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        # The CA file outlives the server (clients keep pointing at it); the folder goes with the object.
+
+    def close(self) -> None:
+        """`stop`, and the certificates' folder goes: what the test that made the emulator calls
+        at its end (a finalizer alone would keep every folder until the session exits, and a
+        killed session would leave them all in the temp folder)."""
+        self.stop()
+        self._folder.cleanup()
 
     # ------------------------------------------------------------------ the emulated tenant
     def add_subscription(self, subscription: str, name: str = "Emulated subscription") -> None:

@@ -206,7 +206,7 @@ def test_listing_account_workspaces_never_blocks(azure_env, identity_endpoint, m
         with pytest.raises(LinkError, match="never signs in interactively"):
             workspace.list_account_workspaces(auth="interactive").result(timeout=5)
     finally:
-        arm.stop()
+        arm.close()
 
 
 def test_no_credentials_hint_is_offline(azure_env):
