@@ -3,6 +3,7 @@
 import mlflow
 import pytest
 
+from aml_emulator import aml_emulator, aml_workspace, azure_env  # noqa: F401 - fixtures
 from dbxml_magics.experiments import resolve_experiment
 from dbxml_magics.targets import Target
 
@@ -60,3 +61,38 @@ def test_every_magic_uses_the_same_experiment(ext, shell, tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert {r.info.run_name for r in runs} == {"register-churn-clf", "t"}
     assert len(client.search_experiments()) == 2  # Default + the link's experiment, nothing else
+
+
+@pytest.mark.parametrize("mode", ["aml-only", "both"])
+def test_every_magic_maps_the_experiment_for_aml(ext, shell, aml_workspace, mlflow_server, mode):
+    """On an AML store (the primary in aml-only, the mirror in both) the run %aml_register creates,
+    %%track's and %aml_score --log-run's all land in the experiment AML can find again (the
+    basename of a Databricks-style path); a store of another kind keeps the path."""
+    import uuid
+
+    from aml_emulator import link_line
+
+    folder = f"/Users/a@b.c/proj-{uuid.uuid4().hex[:8]}"
+    shell.run_line_magic("aml_link", link_line(aml_workspace, f"--mode {mode} --auth managed-identity "
+                                                              f"--experiment {folder}/churn-{mode}"))
+    shell.run_cell(
+        "import pandas as pd\nfrom sklearn.linear_model import LogisticRegression\n"
+        "frame = pd.DataFrame({'a': [0.0, 1.0, 2.0, 3.0]})\n"
+        "clf = LogisticRegression().fit(frame, [0, 0, 1, 1])"
+    )
+    model = f"churn-clf-{uuid.uuid4().hex[:8]}"
+    shell.run_line_magic("aml_register", f"{model} --model clf")  # no tracked run yet: a run of its own
+    shell.run_cell_magic("track", "t --no-source", "x = 1")
+    shell.run_line_magic("aml_score", f"{model} --df frame --log-run --into scored")
+    assert ext.journal.flush(timeout=60) and ext.journal.pending() == 0
+
+    server = mlflow_server.client()
+    assert server.get_experiment_by_name(f"{folder}/churn-{mode}") is None
+    on_aml = server.get_experiment_by_name(f"churn-{mode}")
+    assert on_aml is not None, "the AML side gets the basename"
+    names = {r.info.run_name for r in server.search_runs([on_aml.experiment_id])}
+    assert names == {f"register-{model}", "t", f"score {model}-v1"}
+    if mode == "both":  # the embedded primary keeps the path as given
+        local = mlflow.MlflowClient(tracking_uri=ext.link.primary.uri)
+        kept = local.get_experiment_by_name(f"{folder}/churn-{mode}")
+        assert {r.info.run_name for r in local.search_runs([kept.experiment_id])} == names
