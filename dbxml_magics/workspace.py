@@ -38,7 +38,6 @@ __all__ = [
     "find_config_file",
     "read_config_file",
     "workspaces_in_config_files",
-    "config_workspaces",
     "account_workspaces",
     "list_account_workspaces",
     "azure_credentials_available",
@@ -713,11 +712,6 @@ def _probe_failure(target: Target, exc: Exception) -> str:
 
 
 # --------------------------------------------------------------------------- the selector
-def config_workspaces(settings=None) -> list[WorkspaceRef]:
-    """Workspaces of the config files reachable from the working directory (panel selector)."""
-    return workspaces_in_config_files(None)
-
-
 def azure_credentials_available() -> bool:
     """A cheap, offline guess whether a non-interactive sign-in could work here, so the panel
     only starts an account listing where one can succeed."""

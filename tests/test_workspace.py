@@ -90,7 +90,7 @@ def test_workspaces_in_config_files_lists_each_once(tmp_path, monkeypatch):
     broken = tmp_path / "a" / "b" / "config.json"
     broken.write_text("{")
     monkeypatch.chdir(tmp_path / "a" / "b")
-    found = workspace.config_workspaces()
+    found = workspace.workspaces_in_config_files()
     assert [r.workspace for r in found] == ["ws-one", "ws-two"]
     assert found[0].path == tmp_path / "a" / ".azureml" / "config.json"
 
