@@ -92,11 +92,12 @@ def _in_parallel(work: list[tuple[str, Callable[[], list[Check]]]], seconds: flo
     deadline = time.monotonic() + max(0.5, seconds)
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return [
-        (name, results.get(i) or [Check("FAIL", name.split()[0], f"{name}: no answer within {seconds:.0f} s",
-                                        "check the network; %aml_sync shows what waits")])
-        for i, (name, _) in enumerate(work)
-    ]
+    def silent(name: str) -> Check:  # "store primary" -> "FAIL  store  primary: no answer ..."
+        check, _, role = name.partition(" ")
+        return Check("FAIL", check, f"{role + ': ' if role else ''}no answer within {seconds:.0f} s",
+                     "check the network; %aml_sync shows what waits")
+
+    return [(name, results.get(i) or [silent(name)]) for i, (name, _) in enumerate(work)]
 
 
 # ---------------------------------------------------------------------------- the checks
