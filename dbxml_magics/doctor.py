@@ -102,9 +102,16 @@ def _in_parallel(work: list[tuple[str, Callable[[], list[Check]]]], seconds: flo
 
 # ---------------------------------------------------------------------------- the checks
 def _link(link) -> Check:
+    import mlflow
+
     where = link.primary.display + (f", mirror {link.mirror.display}" if link.mirror is not None else "")
     if link.mode == "default":
         return Check("OK", "link", f"not linked: the embedded store {where}", "")
+    current = mlflow.get_tracking_uri()
+    if current != link.primary.uri:  # mlflow.set_tracking_uri since linking
+        return Check("WARN", "link", f"mode {link.mode}: {where}; but MLflow now points at {mask_uri(current)}",
+                     "MLflow code outside the magics logs there until the next magic points MLflow back at the "
+                     "link: drop the mlflow.set_tracking_uri call, or %aml_link that store")
     return Check("OK", "link", f"mode {link.mode}: {where}")
 
 

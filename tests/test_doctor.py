@@ -53,6 +53,15 @@ def test_doctor_takes_no_other_option(ext, shell):
         shell.run_line_magic("aml_link", "--doctor --uri http://127.0.0.1:1")
 
 
+def test_tracking_uri_moved_after_linking_warns(ext, shell, azure_env, capsys, tmp_path):
+    shell.run_line_magic("aml_link", f"--local {tmp_path / 'store'}")
+    assert _doctor(shell, capsys)["link"][0].startswith("OK    link        mode local: sqlite:///")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # the user's own code, after linking
+    [link] = _doctor(shell, capsys)["link"]
+    assert link.startswith("WARN") and "but MLflow now points at sqlite:///" in link and "elsewhere.db" in link
+    assert "drop the mlflow.set_tracking_uri call, or %aml_link that store" in link
+
+
 def test_environment_and_registry_traps_warn_with_values_masked(ext, shell, azure_env, monkeypatch, capsys, tmp_path):
     shell.run_line_magic("aml_link", f"--local {tmp_path / 'store'} --experiment mine")
     # Set after linking (linking sets MLFLOW_TRACKING_URI itself, for subprocesses), e.g. by %env.
