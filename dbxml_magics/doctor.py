@@ -92,18 +92,26 @@ def _in_parallel(work: list[tuple[str, Callable[[], list[Check]]]], seconds: flo
     deadline = time.monotonic() + max(0.5, seconds)
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return [
-        (name, results.get(i) or [Check("FAIL", name.split()[0], f"{name}: no answer within {seconds:.0f} s",
-                                        "check the network; %aml_sync shows what waits")])
-        for i, (name, _) in enumerate(work)
-    ]
+    def silent(name: str) -> Check:  # "store primary" -> "FAIL  store  primary: no answer ..."
+        check, _, role = name.partition(" ")
+        return Check("FAIL", check, f"{role + ': ' if role else ''}no answer within {seconds:.0f} s",
+                     "check the network; %aml_sync shows what waits")
+
+    return [(name, results.get(i) or [silent(name)]) for i, (name, _) in enumerate(work)]
 
 
 # ---------------------------------------------------------------------------- the checks
 def _link(link) -> Check:
+    import mlflow
+
     where = link.primary.display + (f", mirror {link.mirror.display}" if link.mirror is not None else "")
     if link.mode == "default":
         return Check("OK", "link", f"not linked: the embedded store {where}", "")
+    current = mlflow.get_tracking_uri()
+    if current != link.primary.uri:  # mlflow.set_tracking_uri since linking
+        return Check("WARN", "link", f"mode {link.mode}: {where}; but MLflow now points at {mask_uri(current)}",
+                     "MLflow code outside the magics logs there until the next magic points MLflow back at the "
+                     "link: drop the mlflow.set_tracking_uri call, or %aml_link that store")
     return Check("OK", "link", f"mode {link.mode}: {where}")
 
 

@@ -38,7 +38,6 @@ __all__ = [
     "find_config_file",
     "read_config_file",
     "workspaces_in_config_files",
-    "config_workspaces",
     "account_workspaces",
     "list_account_workspaces",
     "azure_credentials_available",
@@ -90,7 +89,6 @@ class WorkspaceRef:
     workspace: str
     source: str = "-s/-g/-w"  # config file path, "-s/-g/-w", "uri" or "account"
     tenant_id: str | None = None
-    location: str | None = None
 
     @property
     def arm_id(self) -> str:
@@ -113,9 +111,7 @@ class WorkspaceInfo:
     """What Azure Resource Manager says about a workspace: where its MLflow endpoint lives."""
 
     mlflow_host: str  # e.g. "https://westeurope.api.azureml.ms"
-    location: str | None = None
-    workspace_id: str | None = None
-    tenant_id: str | None = None
+    tenant_id: str | None = None  # for studio links (&tid=); the workspace is named by its ARM id (wsid=)
 
 
 def _validated(ref: WorkspaceRef) -> WorkspaceRef:
@@ -392,8 +388,6 @@ def lookup_workspace(ref: WorkspaceRef, credential, cloud_name: str | None = Non
     host = next((h for h in hosts if h), f"{location}.{cloud.mlflow_suffix}" if location else "")
     return WorkspaceInfo(
         mlflow_host=host,
-        location=location,
-        workspace_id=properties.get("workspaceId"),
         tenant_id=properties.get("tenantId") or (resource.get("identity") or {}).get("tenantId"),
     )
 
@@ -430,8 +424,7 @@ def list_workspaces(credential, cloud_name: str | None = None, subscription: str
     for resource in _arm_call(scope, credential, listing):
         match = _WORKSPACE_PATH.search(resource.get("id") or "")
         if match and (resource.get("kind") or "").lower() != "hub":  # hubs hold no runs; their projects do
-            refs.append(WorkspaceRef(match.group("sub"), match.group("rg"), match.group("ws"), source="account",
-                                     location=resource.get("location")))
+            refs.append(WorkspaceRef(match.group("sub"), match.group("rg"), match.group("ws"), source="account"))
     return sorted(refs, key=lambda r: (r.workspace.lower(), r.resource_group.lower()))
 
 
@@ -595,9 +588,6 @@ def target_from_workspace_object(workspace, variable: str, settings=None) -> Tar
     module = type(workspace).__module__ or ""
     timeout = float(getattr(settings, "credential_timeout", 10.0)) if settings is not None else 10.0
     if module.startswith("azureml.core"):
-        if not _has_sdk_v1():
-            raise LinkError(f"{variable!r} is an azureml-core Workspace, and azureml-core is not installed: "
-                            "pip install dbxml-magics[sdk-v1], or link with -s/-g/-w or --config.")
         ref = _validated(WorkspaceRef(workspace.subscription_id, workspace.resource_group, workspace.name,
                                       source="-s/-g/-w"))
         credential = _CheckedCredential(_SdkV1Auth(workspace._auth), "workspace-object")
@@ -700,9 +690,15 @@ def _probe_failure(target: Target, exc: Exception) -> str:
     text = str(exc)
     code = getattr(exc, "error_code", "") or ""
     where = f"Azure ML workspace {target.workspace!r} ({target.display})"
-    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"\b(401|403)\b", text):
+    auth = getattr(target.credential, "auth", "default")
+    if code == "PERMISSION_DENIED" or re.search(r"\b403\b", text):  # signed in, but without the role
         return (
-            f"{where} rejected the credential of --auth {getattr(target.credential, 'auth', 'default')}: "
+            f"{where} refused the identity of --auth {auth} (403): ask for {_ROLES} on the workspace, "
+            "or choose another --auth; the previous link is unchanged."
+        )
+    if code == "UNAUTHENTICATED" or re.search(r"\b401\b", text):
+        return (
+            f"{where} rejected the credential of --auth {auth}: "
             f"sign in again or {_auth_fixes('')}; the previous link is unchanged."
         )
     if code in ("RESOURCE_DOES_NOT_EXIST", "ENDPOINT_NOT_FOUND") or re.search(r"\b404\b", text):
@@ -713,11 +709,6 @@ def _probe_failure(target: Target, exc: Exception) -> str:
 
 
 # --------------------------------------------------------------------------- the selector
-def config_workspaces(settings=None) -> list[WorkspaceRef]:
-    """Workspaces of the config files reachable from the working directory (panel selector)."""
-    return workspaces_in_config_files(None)
-
-
 def azure_credentials_available() -> bool:
     """A cheap, offline guess whether a non-interactive sign-in could work here, so the panel
     only starts an account listing where one can succeed."""

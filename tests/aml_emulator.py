@@ -12,7 +12,8 @@ real client code talks to after workspace lookup:
   providers/Microsoft.MachineLearningServices/workspaces/<ws>/api/2.0/mlflow/...`: it rejects
   requests without a bearer token it issued (401), answers 404 for another workspace, strips
   the workspace prefix and forwards to a real `mlflow server`. `rejecting` answers 401 to
-  everything (an expired or revoked token); `throttled_batches` answers 429 to that many
+  everything (an expired or revoked token), `forbidding` 403 (an identity without the
+  workspace's MLflow permissions); `throttled_batches` answers 429 to that many
   log-batch requests, as AML does under heavy logging.
 
 Every request is recorded (`requests`), so tests can count round trips as AML would see them.
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from arm_emulator import ArmEmulator, QuietHandler
+from arm_emulator import ArmEmulator, QuietHandler, stop_server
 
 __all__ = ["AmlEmulator", "SeenRequest", "WORKSPACE_PREFIX", "link_line", "start_arm"]
 
@@ -77,12 +78,14 @@ class AmlEmulator:
         self.tokens_issued: list[str] = []
         self.token_requests = 0
         self.rejecting = False  # answer 401 to everything (an expired or revoked token)
+        self.forbidding = False  # answer 403: the identity may read the workspace but not use its MLflow
         self.throttled_batches = 0  # answer 429 to this many log-batch requests (AML throttles)
         self.token_lifetime = 3600  # seconds a token it issues is valid
         self.arm: ArmEmulator | None = None  # Azure Resource Manager in front of it (`start_arm`)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
+        self._server.connections = set()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ addresses
@@ -114,10 +117,8 @@ class AmlEmulator:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        """The endpoint goes away: no new connection, and the kept-alive ones are cut."""
+        stop_server(self._server, self._thread)
 
     # ------------------------------------------------------------------ views for tests
     def mlflow_requests(self, suffix: str = "") -> list[SeenRequest]:
@@ -224,6 +225,10 @@ def _handler_for(emulator: AmlEmulator):
             if not authorized or emulator.rejecting:
                 self._error(401, "UNAUTHENTICATED", "The access token is missing, invalid or expired.")
                 return 401
+            if emulator.forbidding:
+                self._error(403, "PERMISSION_DENIED", "The client 'emulated-identity' does not have authorization to "
+                            "perform action 'Microsoft.MachineLearningServices/workspaces/experiments/read'.")
+                return 403
             if inner is not None and inner.endswith("/runs/log-batch") and emulator._take_throttle():
                 self._error(429, "REQUEST_LIMIT_EXCEEDED", "Too many requests; retry later.")
                 return 429
@@ -311,7 +316,7 @@ def aml_workspace(aml_emulator, azure_env, monkeypatch):
     e = aml_emulator
     arm.add_workspace(e.subscription, e.resource_group, e.workspace, mlflow_host=e.host_url)
     yield aml_emulator
-    arm.stop()
+    arm.close()
 
 
 def link_line(emulator: AmlEmulator, extra: str = "") -> str:

@@ -29,7 +29,9 @@ whose reads answer 403 `AuthorizationFailed`). Every request is recorded in `req
 import datetime
 import ipaddress
 import json
+import os
 import re
+import socket
 import ssl
 import tempfile
 import threading
@@ -39,7 +41,9 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-__all__ = ["ArmEmulator", "ArmFault", "ArmRequest", "QuietHandler", "PROVIDER", "WORKSPACE_API_VERSIONS"]
+__all__ = ["ArmEmulator", "ArmFault", "ArmRequest", "QuietHandler", "stop_server", "FOLDER_PREFIX", "PROVIDER", "WORKSPACE_API_VERSIONS"]
+
+FOLDER_PREFIX = "arm-emulator-"  # + pid: the temp folder of an emulator's CA and certificate
 
 PROVIDER = "Microsoft.MachineLearningServices"
 # What the clients in this repository send (workspace.py, azureml-core 1.61, azureml-mlflow 1.60,
@@ -150,10 +154,12 @@ class ArmEmulator:
         self.denied: set[str] = set()  # lower-case ARM ids (or prefixes) the identity may not read
         self.routes: list[_Route] = []
         self._lock = threading.Lock()
-        self._folder = tempfile.TemporaryDirectory(prefix="arm-emulator-")
+        # The pid in the name lets a test session find what it left behind (conftest checks after each test).
+        self._folder = tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         self.ca_path, context = _tls_context(Path(self._folder.name))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
+        self._server.connections = set()
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
         self._builtin_routes()
@@ -183,11 +189,15 @@ class ArmEmulator:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        # The CA file outlives the server (clients keep pointing at it); the folder goes with the object.
+        """The server goes (ARM unreachable); the CA file stays, as clients still point at it."""
+        stop_server(self._server, self._thread)
+
+    def close(self) -> None:
+        """`stop`, and the certificates' folder goes: what the test that made the emulator calls
+        at its end (a finalizer alone would keep every folder until the session exits, and a
+        killed session would leave them all in the temp folder)."""
+        self.stop()
+        self._folder.cleanup()
 
     # ------------------------------------------------------------------ the emulated tenant
     def add_subscription(self, subscription: str, name: str = "Emulated subscription") -> None:
@@ -342,9 +352,20 @@ class ArmEmulator:
 
 
 class QuietHandler(BaseHTTPRequestHandler):
-    """Every method goes to `_handle`; nothing is logged to pytest's output."""
+    """Every method goes to `_handle`; nothing is logged to pytest's output. Open connections are
+    kept in the server's `connections` set, so `stop_server` can cut the kept-alive ones."""
 
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        self.server.connections.add(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.connections.discard(self.connection)
 
     def log_message(self, *args):
         pass
@@ -366,6 +387,21 @@ class QuietHandler(BaseHTTPRequestHandler):
 
     def _handle(self):
         raise NotImplementedError
+
+
+def stop_server(server: ThreadingHTTPServer, thread: threading.Thread | None) -> None:
+    """Shut a server down and cut its kept-alive connections too: a host that went away answers
+    nothing more, not even on a connection a client opened before (the handler threads of
+    ThreadingHTTPServer would go on serving those)."""
+    server.shutdown()
+    server.server_close()
+    for connection in list(server.connections):
+        try:
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    if thread is not None:
+        thread.join(timeout=5)
 
 
 def _handler_for(emulator: ArmEmulator):

@@ -40,6 +40,21 @@ def _spark_logs_removed():
             pass
 
 
+@pytest.fixture(autouse=True)
+def _arm_emulator_folders_removed():
+    """The ARM emulator's certificates folder goes when the test that made it ends
+    (`ArmEmulator.close`): a test that leaves one fails here, naming it."""
+    import glob
+    import tempfile
+
+    from arm_emulator import FOLDER_PREFIX
+
+    pattern = os.path.join(tempfile.gettempdir(), f"{FOLDER_PREFIX}{os.getpid()}-*")
+    yield
+    left = glob.glob(pattern)
+    assert not left, f"the test left ARM emulator folders behind (call ArmEmulator.close()): {left}"
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()

@@ -144,6 +144,31 @@ def test_rejected_token_at_link_time_changes_nothing(ext, shell, aml_workspace):
     assert ext.link == before_link and mlflow.get_tracking_uri() == before_uri
 
 
+def test_identity_without_mlflow_permissions_is_told_the_role(ext, shell, aml_workspace):
+    """The identity reads the workspace (ARM) but its MLflow endpoint answers 403: signing in
+    again changes nothing, a role does."""
+    before_link, before_uri = ext.link, mlflow.get_tracking_uri()
+    aml_workspace.forbidding = True
+    with pytest.raises(UsageError, match=r"refused the identity of --auth managed-identity \(403\): ask for the "
+                       r"AzureML Data Scientist role \(or Contributor\) on the workspace") as info:
+        shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
+    assert "\n" not in str(info.value) and "sign in again" not in str(info.value)
+    assert ext.link == before_link and mlflow.get_tracking_uri() == before_uri
+
+
+def test_without_the_sdk_v1_extra_a_workspace_variable_says_how_to_get_it(ext, shell, azure_env):
+    """Run where azureml-core is really absent (the runtime profiles of compat/ install no extra):
+    the seed's `ws = Workspace.from_config()` failed in the user's own cell, so `-w ws` names
+    no variable; the line says which extra brings azureml-core."""
+    import importlib.util
+
+    if importlib.util.find_spec("azureml.core") is not None:
+        pytest.skip("azureml-core (the sdk-v1 extra) is installed here")
+    with pytest.raises(UsageError, match=r"or -w VAR alone .*pip install dbxml-magics\[sdk-v1\]") as info:
+        shell.run_line_magic("aml_link", "-w ws")
+    assert "\n" not in str(info.value)
+
+
 def test_no_usable_credential_fails_within_bound(ext, shell, aml_workspace, monkeypatch):
     for name in aml_workspace.identity_env:
         monkeypatch.delenv(name)

@@ -139,3 +139,4 @@ def test_every_magic_works_with_databricks_defaults_against_a_real_store(
     assert session.link.primary.uri == mlflow_server.uri
     assert mlflow.get_tracking_uri() == mlflow_server.uri
     assert mlflow.active_run() is None
+

@@ -53,6 +53,15 @@ def test_doctor_takes_no_other_option(ext, shell):
         shell.run_line_magic("aml_link", "--doctor --uri http://127.0.0.1:1")
 
 
+def test_tracking_uri_moved_after_linking_warns(ext, shell, azure_env, capsys, tmp_path):
+    shell.run_line_magic("aml_link", f"--local {tmp_path / 'store'}")
+    assert _doctor(shell, capsys)["link"][0].startswith("OK    link        mode local: sqlite:///")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # the user's own code, after linking
+    [link] = _doctor(shell, capsys)["link"]
+    assert link.startswith("WARN") and "but MLflow now points at sqlite:///" in link and "elsewhere.db" in link
+    assert "drop the mlflow.set_tracking_uri call, or %aml_link that store" in link
+
+
 def test_environment_and_registry_traps_warn_with_values_masked(ext, shell, azure_env, monkeypatch, capsys, tmp_path):
     shell.run_line_magic("aml_link", f"--local {tmp_path / 'store'} --experiment mine")
     # Set after linking (linking sets MLFLOW_TRACKING_URI itself, for subprocesses), e.g. by %env.
@@ -166,3 +175,28 @@ def test_aml_link_checks_credential_store_experiment_and_azure_env(ext, shell, a
     checks = run_checks(ext)
     [store] = [c for c in checks if c.name == "store"]
     assert store.status == "FAIL" and "rejected the credential" in store.detail and store.fix
+
+
+def test_no_network_and_no_credential_is_bounded(ext, shell, aml_workspace, capsys):
+    """Linked to AML, then the network hangs (the endpoint's port accepts connections and never
+    answers, the worst case: no refusal to act on) and no valid token is left: every line
+    still comes within the bound, the store and the credential FAIL."""
+    import socket
+
+    e = aml_workspace
+    e.token_lifetime = 1  # the credential has to ask the (hanging) token endpoint again
+    shell.run_line_magic("aml_link", link_line(e, "--auth managed-identity"))
+    port = int(e.netloc.rsplit(":", 1)[1])
+    e.stop()
+    hole = socket.socket()
+    hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hole.bind(("127.0.0.1", port))
+    hole.listen(64)  # connections complete in the kernel's backlog; nothing ever reads them
+    try:
+        time.sleep(1.5)  # the last token expires (a bound on the token's age, not a wait for a condition)
+        found = _doctor(shell, capsys)  # asserts the 10 s bound
+    finally:
+        hole.close()
+    [store] = found["store"]
+    [credential] = found["credential"]
+    assert store.startswith("FAIL") and credential.startswith("FAIL"), (store, credential)

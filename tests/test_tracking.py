@@ -181,13 +181,20 @@ def test_outcome_that_cannot_be_logged_ends_failed_with_one_line(ext, shell, tmp
 
 @pytest.mark.parametrize("enabled_before", [False, True], ids=["off-before", "on-before"])
 def test_autolog_puts_back_the_state_it_found(ext, shell, enabled_before):
-    import sklearn  # noqa: F401 - mlflow.autolog() configures only integrations already imported
-    from mlflow.utils.autologging_utils import autologging_is_disabled
+    """As on Databricks, where autologging is on by default through mlflow.autolog() (a flavor's
+    own autolog() call is one that mlflow.autolog(disable=True) leaves alone, so it would not
+    show the difference): after the cell every integration's configuration is as before."""
+    import copy
 
-    if enabled_before:  # as on Databricks, where autologging is on by default
-        mlflow.sklearn.autolog(silent=True)
+    import sklearn  # noqa: F401 - mlflow.autolog() configures only integrations already imported
+    from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS, autologging_is_disabled
+
+    if enabled_before:
+        mlflow.autolog(log_models=False, silent=True)  # the cell's mlflow.autolog() sets log_models=True
+    before = copy.deepcopy(AUTOLOGGING_INTEGRATIONS)
     try:
         shell.run_cell_magic("track", "auto --autolog", "x = 1")
         assert autologging_is_disabled("sklearn") is not enabled_before
+        assert AUTOLOGGING_INTEGRATIONS == before
     finally:
         mlflow.autolog(disable=True, silent=True)

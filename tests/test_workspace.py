@@ -90,7 +90,7 @@ def test_workspaces_in_config_files_lists_each_once(tmp_path, monkeypatch):
     broken = tmp_path / "a" / "b" / "config.json"
     broken.write_text("{")
     monkeypatch.chdir(tmp_path / "a" / "b")
-    found = workspace.config_workspaces()
+    found = workspace.workspaces_in_config_files()
     assert [r.workspace for r in found] == ["ws-one", "ws-two"]
     assert found[0].path == tmp_path / "a" / ".azureml" / "config.json"
 
@@ -206,7 +206,7 @@ def test_listing_account_workspaces_never_blocks(azure_env, identity_endpoint, m
         with pytest.raises(LinkError, match="never signs in interactively"):
             workspace.list_account_workspaces(auth="interactive").result(timeout=5)
     finally:
-        arm.stop()
+        arm.close()
 
 
 def test_no_credentials_hint_is_offline(azure_env):
@@ -376,12 +376,40 @@ def test_cloud_table_matches_the_plugin():
         assert (cloud.authority, cloud.arm_scope) == (
             KNOWN_CLOUDS[name]._get_authority(), KNOWN_CLOUDS[name]._get_default_scope()
         )
+        assert cloud.management.rstrip("/") == KNOWN_CLOUDS[name].endpoints.resource_manager.rstrip("/")
+
+
+@pytest.mark.parametrize("cloud, audience", [("AzureChinaCloud", "https://management.chinacloudapi.cn"),
+                                             ("AzureUSGovernment", "https://management.usgovcloudapi.net")])
+def test_sovereign_cloud_links_through_its_own_endpoints(ext, shell, aml_workspace, monkeypatch, cloud, audience):
+    """AZUREML_CURRENT_CLOUD picks the cloud: its management endpoint (here the cloud's entry of
+    the emulator's metadata document) and its token audience, for ARM and for the plugin alike."""
+    import base64
+
+    from dbxml_magics.arm import ResourceManager
+    from dbxml_magics.arm import cloud as named_cloud
+
+    monkeypatch.setenv("AZUREML_CURRENT_CLOUD", cloud)
+    link = shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
+    assert link.primary.uri == aml_workspace.tracking_uri
+    assert aml_workspace.arm.seen("GET", f"/workspaces/{aml_workspace.workspace}")
+    shell.run_cell_magic("track", "sovereign --no-source --metrics m", "m = 1.0")
+    assert ext.journal.flush(timeout=60) and ext.journal.pending() == 0
+
+    def audience_of(token):
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["aud"].rstrip("/")
+
+    assert {audience_of(t) for t in aml_workspace.tokens_issued} == {audience}
+    monkeypatch.delenv("ARM_CLOUD_METADATA_URL")  # without a metadata document: the cloud's own endpoint
+    assert ResourceManager(None, named_cloud()).endpoint == audience + "/"
 
 
 # ----------------------------------------------------------------------- -w VAR: a workspace object
 def test_seed_workspace_object_links_with_its_uri_and_auth(ext, shell, aml_workspace, mlflow_server):
     """The seed's flow with azureml-core (the sdk-v1 extra): `ws = Workspace.get(...)` over the ARM
     emulator, then `%aml_link -w ws` reuses its tracking URI and its authentication."""
+    pytest.importorskip("azureml.core", reason="the sdk-v1 extra is not installed")
     from azureml.core import Workspace
     from azureml.core.authentication import TokenAuthentication
 
@@ -414,18 +442,24 @@ def test_workspace_variable_that_is_not_a_workspace_is_one_line(ext, shell, azur
     _assert_unchanged(ext, before_link, before_uri)
 
 
-def test_no_default_path_needs_azureml_core(ext, shell, aml_workspace, monkeypatch):
-    """azureml-core is the sdk-v1 extra: with it unimportable, -s/-g/-w and the listing still work,
-    and -w with no such variable says how to get the extra."""
-    import sys
-
-    monkeypatch.setitem(sys.modules, "azureml.core", None)  # `import azureml.core` now fails
-    link = shell.run_line_magic("aml_link", link_line(aml_workspace, "--auth managed-identity"))
-    assert link.primary.uri == aml_workspace.tracking_uri
-    refs = workspace.account_workspaces(auth="managed-identity")
-    assert [r.workspace for r in refs] == [aml_workspace.workspace]
-    with pytest.raises(UsageError, match=r"or -w VAR alone .*pip install dbxml-magics\[sdk-v1\]"):
-        shell.run_line_magic("aml_link", "-w ws_never_assigned")
+def test_no_default_path_imports_azureml_core(aml_workspace, tmp_path):
+    """azureml-core is the sdk-v1 extra: a fresh kernel links with -s/-g/-w and lists the account's
+    workspaces without ever importing it (whether it is installed or not; the runtime profiles of
+    compat/ install no extra, and test_aml_protocol links there for real)."""
+    code = (
+        "import sys\n"
+        "from IPython.testing.globalipapp import start_ipython\n"
+        "shell = start_ipython()\n"
+        "shell.run_line_magic('load_ext', 'dbxml_magics')\n"
+        "shell.run_line_magic('config', 'DbxmlMagics.show_panel_on_link = False')\n"
+        f"link = shell.run_line_magic('aml_link', {link_line(aml_workspace, '--auth managed-identity')!r})\n"
+        "from dbxml_magics import workspace\n"
+        "refs = workspace.account_workspaces(auth='managed-identity')\n"
+        "print(link.primary.kind, [r.workspace for r in refs], 'azureml.core' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == f"aml ['{aml_workspace.workspace}'] False"
 
 
 def _ml_client(e, monkeypatch, workspace_name=None):
@@ -461,3 +495,24 @@ def test_ml_client_of_a_missing_workspace_is_one_line(ext, shell, aml_workspace,
         shell.run_line_magic("aml_link", "-w ml_client")
     assert "\n" not in str(info.value)
     _assert_unchanged(ext, before_link, before_uri)
+
+
+def test_selector_lists_the_account_and_links_the_chosen_workspace(ext, shell, aml_workspace):
+    """The panel's selector: with a credential in the environment it lists the account's
+    workspaces (ARM emulator) on its own; choosing one and clicking Link links it, through the
+    real plugin, like -s/-g/-w."""
+    from dbxml_magics.panel import live_panel
+
+    shell.run_line_magic("aml_panel", "")
+    picker = live_panel(ext).picker
+    picker.account_lookup.result(timeout=60)
+    label = f"AML {aml_workspace.workspace} ({aml_workspace.resource_group}, subscription "
+    deadline = time.monotonic() + 30  # the selector grows in the listing's callback, after the result
+    while not any(text.startswith(label) for text, _ in picker.store.options) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [choice] = [value for text, value in picker.store.options if text.startswith(label)]
+    picker.store.value = choice
+    picker.auth.value = "managed-identity"
+    picker.link_button.click()
+    assert "Linked" in picker.message.value, picker.message.value
+    assert ext.link.mode == "aml-only" and ext.link.primary.uri == aml_workspace.tracking_uri
