@@ -4,12 +4,26 @@ Slow parts are shared per test session: one MLflow server (tests that stop a ser
 their own). Every test runs in its own working directory, so the embedded store is fresh.
 """
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+# One temporary folder for the whole session, removed when it ends, whatever wrote into it:
+# MLflow leaves a `db_init_lock-*` file per new SQLite store, IPython a history file per
+# killed kernel, servers and kernels inherit TMPDIR. Set before anything asks for the folder.
+SESSION_TMP = tempfile.mkdtemp(prefix="dbxml-tests-")
+os.environ["TMPDIR"] = SESSION_TMP
+tempfile.tempdir = SESSION_TMP
+# At exit, and registered first so it runs last: the shared IPython shell writes its history
+# file there in its own exit handler.
+atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
+
 
 from servers import MlflowServer, free_port  # noqa: E402
 
@@ -20,24 +34,6 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _spark_logs_removed():
-    """Each process that starts a local Spark keeps its JVM's log in the temp folder
-    (`dbxml-magics-spark-<pid>.log`, named in the magic's output); the kernels and the test
-    process of this session leave theirs: remove the new ones at the end."""
-    import glob
-    import tempfile
-
-    pattern = os.path.join(tempfile.gettempdir(), "dbxml-magics-spark-*.log")
-    before = set(glob.glob(pattern))
-    yield
-    for path in set(glob.glob(pattern)) - before:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
 
 
 @pytest.fixture(autouse=True)
