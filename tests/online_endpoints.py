@@ -57,6 +57,7 @@ class OnlineEndpoints:
         self.fail_next: tuple[str, str] | dict | None = None  # the next deployment's error: (code, message) or ARM's
         self.probe_window: float | None = None  # readiness probe's patience, seconds (None: as long as start-up takes)
         self.hold = False  # deployments stay InProgress
+        self.stalling = threading.Event()  # while set, scoring requests get no answer (a hung container)
         self.deployment_bodies: list[dict] = []  # PUT/PATCH bodies as sent, for tests
         self._lock = threading.Lock()
         self._scoring = ThreadingHTTPServer(("127.0.0.1", 0), _scoring_handler(self))
@@ -324,6 +325,12 @@ def _scoring_handler(endpoints: OnlineEndpoints):
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if endpoints.stalling.is_set():  # a hung container: no answer at all, until the test releases it
+                released = time.monotonic() + 60
+                while endpoints.stalling.is_set() and time.monotonic() < released:
+                    time.sleep(0.05)
+                self.close_connection = True
+                return
             parts = self.path.strip("/").split("/")
             if len(parts) != 3 or parts[0] != "endpoints" or parts[2] != "score":
                 return self._reply(404, {"message": "no such scoring path"})

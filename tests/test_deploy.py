@@ -381,6 +381,16 @@ def test_aml_endpoint_through_the_plugin(ext, shell, aml_workspace, online_endpo
     patch = azure.deployment_bodies[-1]
     assert patch["sku"]["capacity"] == 2 and patch["properties"]["model"].endswith("/models/iris/versions/2")
 
+    # A container that never answers: the plugin's own scoring call would wait for ever; ours is bounded.
+    azure.stalling.set()
+    try:
+        started = time.monotonic()
+        with pytest.raises(UsageError, match=r"^Endpoint 'iris-aml' gave no answer within 2 s; raise --timeout\.$"):
+            shell.run_line_magic("aml_invoke", "iris-aml --df X --timeout 2")
+        assert time.monotonic() - started < 30
+    finally:
+        azure.stalling.clear()
+
     listing = _list(shell, capsys)
     assert "iris-aml" in listing and "aml" in listing
 
