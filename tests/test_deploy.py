@@ -7,13 +7,16 @@ they are found by the endpoint folder on their command line.
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from IPython.core.error import UsageError
@@ -169,6 +172,15 @@ def test_bad_input_is_one_line_and_starts_nothing(trained, shell, tmp_path, caps
         port = holder.getsockname()[1]
         with pytest.raises(UsageError, match=f"Port {port} on 127.0.0.1 is in use"):
             shell.run_line_magic("aml_deploy", f"iris-clf last --port {port}")
+    # A version that resolves (its MLmodel is read) but whose other files cannot be copied: one
+    # line, and no endpoint folder left behind.
+    shell.run_line_magic("aml_register", "iris-gone --model clf --input-example X")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    files = Path(urllib.parse.urlparse(mlflow.MlflowClient(store, store).get_model_version_download_uri("iris-gone", "1")).path)
+    (files / "requirements.txt").unlink()
+    (files / "requirements.txt").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match=r"^Cannot copy the files of iris-gone v1: "):
+        shell.run_line_magic("aml_deploy", "iris-gone models:/iris-gone/1")
     assert trained.endpoints == {}
     assert not (tmp_path / ".dbxml" / "endpoints").exists() or not any((tmp_path / ".dbxml" / "endpoints").iterdir())
     assert serving_processes(tmp_path) == []

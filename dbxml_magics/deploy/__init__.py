@@ -73,17 +73,20 @@ def _deploy_local(session, args) -> None:
     progress = StatusLine(f"local endpoint {name}")
     progress.update(f"copying {model.label}", force=True)
     shutil.rmtree(folder, ignore_errors=True)
-    model_dir = _download(model, folder / "model")
-    server = LocalServer(name, model_dir, args.port or free_port(), folder / "server.log")
-    record = EndpointRecord(name=name, target="local", model=model.label, model_uri=model.uri, url=server.url,
-                            state="Starting", handle=server)
+    server = None
     try:
+        model_dir = _download(model, folder / "model")
+        server = LocalServer(name, model_dir, args.port or free_port(), folder / "server.log")
+        record = EndpointRecord(name=name, target="local", model=model.label, model_uri=model.uri, url=server.url,
+                                state="Starting", handle=server)
         server.start()
         session.set_endpoint(record)
         seconds = server.wait_ready(args.timeout or _LOCAL_TIMEOUT, lambda _: progress.update(f"starting mlflow models serve (pid {server.pid})"))
     except BaseException:
-        server.stop()
-        session.drop_endpoint(name)
+        # Whatever failed (the copy, the start, the wait), nothing of the endpoint is left behind.
+        if server is not None:
+            server.stop()
+            session.drop_endpoint(name)
         shutil.rmtree(folder, ignore_errors=True)
         progress.done("failed")
         raise
