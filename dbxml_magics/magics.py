@@ -260,6 +260,7 @@ class DbxmlMagics(Settings, Magics):
     @argument("--timeout", type=_seconds, default=None, metavar="S", help="Seconds to wait until ready (local 300, aml 1800).")
     @argument("--list", action="store_true", help="List the endpoints of this session (and of the AML workspace).")
     @argument("--delete", default=None, metavar="ENDPOINT", help="Delete ENDPOINT (or only --deployment NAME of it).")
+    @argument("-v", "--verbose", action="store_true", help="Also show MLflow's log lines and warnings about the magic's calls.")
     @line_magic
     @_user_errors
     def aml_deploy(self, line):

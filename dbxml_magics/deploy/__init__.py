@@ -37,8 +37,8 @@ def deploy_from_args(session, args) -> None:
     check_name(args.endpoint)
     target = args.target or default_target(session)
     # MLflow's download bar, log lines and warnings about the calls made here stay out of the
-    # cell: the status line says what is happening (the user's own warnings still show).
-    with captured():
+    # cell unless -v: the status line says what is happening (the user's own warnings still show).
+    with captured(args.verbose):
         if target == "aml":
             from .aml import deploy_aml
 
